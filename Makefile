@@ -1,0 +1,49 @@
+# voicebot: `make run` to try it, `make test` to check it. See README.md.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: run test lint call bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.runtime-installed: requirements.txt | $(BIN)/python
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+$(VENV)/.dev-installed: requirements-dev.txt requirements.txt | $(BIN)/python
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@ $(VENV)/.runtime-installed
+
+# Development server on the embedded defaults: SQLite, in-memory channel layer, no accounts.
+run: export DJANGO_DEBUG ?= true
+run: $(VENV)/.runtime-installed
+	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py seed_demo
+	@echo
+	@echo "  voicebot is starting on http://$(HOST):$(PORT)/admin/"
+	@echo "  No staff login yet? In another terminal run:"
+	@echo "      $(BIN)/python manage.py createsuperuser"
+	@echo "  Then try a whole call with no phone:  make call"
+	@echo
+	$(BIN)/daphne -b $(HOST) -p $(PORT) voicebot.asgi:application
+
+# A simulated phone call against the server `make run` started.
+call: export DJANGO_DEBUG ?= true
+call: $(VENV)/.runtime-installed
+	$(BIN)/python manage.py simulate_call --server http://$(HOST):$(PORT) $(ARGS)
+
+lint: $(VENV)/.dev-installed
+	$(BIN)/ruff check .
+
+test: $(VENV)/.dev-installed lint
+	$(BIN)/pytest
+
+bench: $(VENV)/.dev-installed
+	$(BIN)/python -m bench.relay $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

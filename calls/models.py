@@ -1,0 +1,209 @@
+import uuid
+
+from django.conf import settings
+from django.db import models
+
+
+class CallStatus(models.TextChoices):
+    """Twilio's CallStatus values."""
+
+    QUEUED = "queued"
+    INITIATED = "initiated"
+    RINGING = "ringing"
+    IN_PROGRESS = "in-progress", "In progress"
+    COMPLETED = "completed"
+    BUSY = "busy"
+    FAILED = "failed"
+    NO_ANSWER = "no-answer", "No answer"
+    CANCELED = "canceled"
+
+
+# Callbacks arrive out of order: a status only ever moves to a higher rank, and a call in a
+# terminal status never changes status again.
+STATUS_RANK = {
+    CallStatus.QUEUED: 0,
+    CallStatus.INITIATED: 1,
+    CallStatus.RINGING: 2,
+    CallStatus.IN_PROGRESS: 3,
+    CallStatus.COMPLETED: 4,
+    CallStatus.BUSY: 4,
+    CallStatus.FAILED: 4,
+    CallStatus.NO_ANSWER: 4,
+    CallStatus.CANCELED: 4,
+}
+TERMINAL_STATUSES = frozenset(status for status, rank in STATUS_RANK.items() if rank == 4)
+LIVE_STATUSES = frozenset(STATUS_RANK) - TERMINAL_STATUSES
+
+
+class Direction(models.TextChoices):
+    INBOUND = "inbound"
+    OUTBOUND = "outbound"
+
+
+class EndReason(models.TextChoices):
+    CALLER_HANGUP = "caller_hangup", "Caller hung up"
+    AGENT_ENDED = "agent_ended", "Agent ended"
+    STAFF_HANGUP = "staff_hangup", "Staff hung up"
+    TRANSFERRED = "transferred", "Transferred"
+    FAILED = "failed", "Failed"
+    TIMEOUT = "timeout", "Timeout"
+    NO_AGENT = "no_agent", "No agent for the number"
+
+
+class Actor(models.TextChoices):
+    CALLER = "caller"
+    AGENT = "agent"
+    STAFF = "staff"
+    TWILIO = "twilio"
+    SYSTEM = "system"
+
+
+class Call(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    sid = models.CharField("Call SID", max_length=64, unique=True)
+    account_sid = models.CharField(max_length=64, blank=True)
+    direction = models.CharField(max_length=16, choices=Direction.choices, db_index=True)
+    # Raw values from Twilio: callers may be "anonymous" or a client identity, not E.164.
+    from_number = models.CharField("from", max_length=64, blank=True, db_index=True)
+    to_number = models.CharField("to", max_length=64, blank=True, db_index=True)
+    agent = models.ForeignKey(
+        "agents.Agent", null=True, blank=True, on_delete=models.SET_NULL, related_name="calls"
+    )
+    status = models.CharField(
+        max_length=16, choices=CallStatus.choices, default=CallStatus.QUEUED, db_index=True
+    )
+    status_sequence = models.IntegerField(null=True, blank=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    answered_at = models.DateTimeField(null=True, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    duration_seconds = models.PositiveIntegerField(null=True, blank=True)
+    end_reason = models.CharField(max_length=16, choices=EndReason.choices, blank=True, db_index=True)
+    transfer_target = models.ForeignKey(
+        "agents.TransferTarget",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="calls",
+    )
+    # Kept even if the target is later deleted or renumbered.
+    transferred_to = models.CharField(max_length=32, blank=True)
+    # The nonce of the single outstanding stream token; emptied when the stream uses it.
+    stream_nonce = models.CharField(max_length=64, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["-created_at"]
+        permissions = [
+            ("hangup_call", "Can hang up a live call"),
+            ("clear_audio", "Can clear the audio playing on a live call"),
+            ("transfer_call", "Can transfer a live call to a person"),
+            ("place_call", "Can place an outbound call"),
+            ("say_on_call", "Can make the agent say a sentence on a live call"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_direction_display()} {self.from_number} → {self.to_number} ({self.sid})"
+
+    @property
+    def is_live(self) -> bool:
+        return self.status in LIVE_STATUSES
+
+    @property
+    def group_name(self) -> str:
+        return call_group_name(self.id)
+
+
+def call_group_name(call_id: uuid.UUID | str) -> str:
+    """Channel-layer group of the consumer that holds this call's stream."""
+    return f"call.{call_id}"
+
+
+LIVE_CALLS_GROUP = "calls.live"
+
+
+class StreamStatus(models.TextChoices):
+    STARTED = "started"
+    STOPPED = "stopped"
+    ERROR = "error"
+
+
+class MediaStream(models.Model):
+    call = models.ForeignKey(Call, on_delete=models.CASCADE, related_name="streams")
+    sid = models.CharField("Stream SID", max_length=64, unique=True)
+    status = models.CharField(
+        max_length=16, choices=StreamStatus.choices, default=StreamStatus.STARTED, db_index=True
+    )
+    started_at = models.DateTimeField(null=True, blank=True)
+    stopped_at = models.DateTimeField(null=True, blank=True)
+    custom_parameters = models.JSONField(default=dict, blank=True)
+    media_format = models.JSONField(default=dict, blank=True)
+    tracks = models.JSONField(default=list, blank=True)
+    frames_in = models.PositiveIntegerField(default=0)
+    frames_out = models.PositiveIntegerField(default=0)
+    bytes_in = models.PositiveBigIntegerField(default=0)
+    bytes_out = models.PositiveBigIntegerField(default=0)
+    marks_sent = models.PositiveIntegerField(default=0)
+    marks_received = models.PositiveIntegerField(default=0)
+    clears = models.PositiveIntegerField(default=0)
+    dtmf_digits = models.PositiveIntegerField(default=0)
+    bad_messages = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-started_at"]
+
+    def __str__(self) -> str:
+        return self.sid
+
+
+class Speaker(models.TextChoices):
+    CALLER = "caller"
+    AGENT = "agent"
+    STAFF = "staff"
+    SYSTEM = "system"
+
+
+class TranscriptEntry(models.Model):
+    call = models.ForeignKey(Call, on_delete=models.CASCADE, related_name="transcript")
+    speaker = models.CharField(max_length=8, choices=Speaker.choices)
+    text = models.TextField()
+    offset_ms = models.PositiveIntegerField(help_text="Milliseconds from the start of the call")
+    interrupted = models.BooleanField(default=False)
+    heard_ms = models.PositiveIntegerField(
+        null=True, blank=True, help_text="For an interrupted agent line: how much the caller heard"
+    )
+    item_id = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["offset_ms", "id"]
+        indexes = [models.Index(fields=["call", "offset_ms"])]
+        verbose_name_plural = "transcript entries"
+
+    def __str__(self) -> str:
+        return f"{self.speaker}: {self.text[:60]}"
+
+
+class CallEvent(models.Model):
+    """The audit log of a call: who did what, when."""
+
+    call = models.ForeignKey(Call, on_delete=models.CASCADE, related_name="events")
+    kind = models.CharField(max_length=40, db_index=True)
+    actor = models.CharField(max_length=8, choices=Actor.choices)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    data = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        indexes = [models.Index(fields=["call", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.kind} by {self.actor_label}"
+
+    @property
+    def actor_label(self) -> str:
+        if self.user_id:
+            return f"staff {self.user}"
+        return self.get_actor_display()

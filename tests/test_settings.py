@@ -1,0 +1,70 @@
+"""Settings come from the environment; bad production values stop start-up by name."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from voicebot.test_settings import TEST_ENVIRONMENT
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def manage(*args: str, **overrides: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, **TEST_ENVIRONMENT, "DJANGO_SETTINGS_MODULE": "voicebot.settings"}
+    env.update(overrides)
+    return subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("DJANGO_SECRET_KEY", "", "DJANGO_SECRET_KEY is required"),
+        ("DJANGO_SECRET_KEY", "short", "DJANGO_SECRET_KEY must be a random string"),
+        ("PUBLIC_URL", "", "PUBLIC_URL is required"),
+        ("PUBLIC_URL", "http://voicebot.example.com", "PUBLIC_URL must use https"),
+        ("PUBLIC_URL", "voicebot.example.com", "PUBLIC_URL must look like"),
+        ("ALLOWED_HOSTS", "", "ALLOWED_HOSTS is required"),
+        ("TWILIO_ACCOUNT_SID", "", "TWILIO_ACCOUNT_SID is required"),
+        ("TWILIO_ACCOUNT_SID", "XX123", "TWILIO_ACCOUNT_SID must be"),
+        ("TWILIO_AUTH_TOKEN", "", "TWILIO_AUTH_TOKEN is required"),
+        ("DJANGO_DEBUG", "maybe", "DJANGO_DEBUG must be true or false"),
+        ("REDIS_URL", "http://localhost", "REDIS_URL must be"),
+        ("DATABASE_URL", "mysql://x", "DATABASE_URL must be"),
+        ("OPENAI_REALTIME_URL", "https://api.openai.com", "OPENAI_REALTIME_URL must be"),
+        ("TWILIO_SKIP_SIGNATURE_VALIDATION", "true", "may only be set with DJANGO_DEBUG"),
+    ],
+)
+def test_a_bad_production_setting_stops_start_up_and_names_the_variable(variable, value, message):
+    result = manage("check", **{variable: value})
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+def test_check_deploy_is_clean_in_a_production_like_environment():
+    result = manage("check", "--deploy", "--fail-level", "WARNING", SECURE_SSL_REDIRECT="true")
+    assert result.returncode == 0, result.stderr
+    assert "no issues" in result.stdout
+
+
+def test_development_needs_no_accounts_at_all():
+    blank = {name: "" for name in TEST_ENVIRONMENT}
+    result = manage("check", **{**blank, "DJANGO_DEBUG": "true"})
+    assert result.returncode == 0, result.stderr
+
+
+def test_redis_url_switches_the_channel_layer():
+    code = "from django.conf import settings; print(settings.CHANNEL_LAYERS['default']['BACKEND'])"
+    result = manage("shell", "-c", code, REDIS_URL="redis://127.0.0.1:6390/0")
+    assert result.stdout.strip().splitlines()[-1] == "channels_redis.core.RedisChannelLayer"
+
+
+def test_database_url_switches_to_postgresql():
+    code = "from django.conf import settings; print(settings.DATABASES['default']['ENGINE'])"
+    result = manage("shell", "-c", code, DATABASE_URL="postgres://u:p@db.internal:5432/voicebot")
+    assert result.stdout.strip().splitlines()[-1] == "django.db.backends.postgresql"

@@ -1,0 +1,31 @@
+"""Helpers that act as Twilio does towards our webhooks."""
+
+import secrets
+
+from django.test import Client
+
+from calls import security
+
+ACCOUNT_SID = "AC" + "1" * 32
+
+
+def new_call_sid() -> str:
+    return "CA" + secrets.token_hex(16)
+
+
+def signed_post(client: Client, path: str, params: dict[str, str], *, url: str | None = None):
+    """POST like Twilio: signed over the public URL (or `url`, to test a wrong one)."""
+    signature = security.compute_signature(url or security.public_url(path), params)
+    return client.post(path, params, HTTP_X_TWILIO_SIGNATURE=signature)
+
+
+def incoming_params(call_sid: str, to: str, *, from_number: str = "+14155550123") -> dict:
+    return {
+        "CallSid": call_sid,
+        "AccountSid": ACCOUNT_SID,
+        "From": from_number,
+        "To": to,
+        "CallStatus": "ringing",
+        "Direction": "inbound",
+        "ApiVersion": "2010-04-01",
+    }

@@ -1,0 +1,240 @@
+"""voicebot settings. Every value comes from the environment; see .env.example.
+
+A `.env` file beside manage.py is read first, without overriding variables already set.
+Embedded defaults (SQLite, the in-memory channel layer, development credentials) apply only
+with DJANGO_DEBUG on; in production a missing or bad variable stops start-up and names it.
+"""
+
+import os
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from django.core.exceptions import ImproperlyConfigured
+from dotenv import load_dotenv
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+load_dotenv(BASE_DIR / ".env", override=False)
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def env_str(name: str, default: str = "") -> str:
+    """The variable's value; empty counts as unset, as in most .env files."""
+    return os.environ.get(name, "").strip() or default
+
+
+def env_bool(name: str, default: bool = False) -> bool:
+    raw = os.environ.get(name, "")
+    if not raw.strip():
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ImproperlyConfigured(f"{name} must be true or false, not {raw!r}")
+
+
+def env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be an integer, not {raw!r}") from None
+
+
+def env_list(name: str, default: str = "") -> list[str]:
+    return [item.strip() for item in env_str(name, default).split(",") if item.strip()]
+
+
+def require(name: str, value: str, why: str) -> str:
+    if not value:
+        raise ImproperlyConfigured(f"{name} is required {why}; see .env.example")
+    return value
+
+
+DEBUG = env_bool("DJANGO_DEBUG", False)
+_PRODUCTION = "when DJANGO_DEBUG is off"
+
+SECRET_KEY = env_str("DJANGO_SECRET_KEY")
+if not SECRET_KEY:
+    if not DEBUG:
+        require("DJANGO_SECRET_KEY", SECRET_KEY, _PRODUCTION)
+    SECRET_KEY = "django-insecure-development-only-key-do-not-use-in-production"
+elif not DEBUG and (len(SECRET_KEY) < 50 or SECRET_KEY.startswith("django-insecure")):
+    raise ImproperlyConfigured("DJANGO_SECRET_KEY must be a random string of 50+ characters")
+
+# PUBLIC_URL is the https base Twilio reaches us at. Signatures are computed over it, and the
+# TwiML we return points Twilio's stream at it, so it must be the outside address, not the
+# address the proxy forwards to.
+PUBLIC_URL = env_str("PUBLIC_URL", "http://127.0.0.1:8000" if DEBUG else "").rstrip("/")
+require("PUBLIC_URL", PUBLIC_URL, _PRODUCTION)
+_public = urlsplit(PUBLIC_URL)
+if _public.scheme not in {"http", "https"} or not _public.hostname or _public.path:
+    raise ImproperlyConfigured(f"PUBLIC_URL must look like https://host[:port], not {PUBLIC_URL!r}")
+if not DEBUG and _public.scheme != "https":
+    raise ImproperlyConfigured("PUBLIC_URL must use https when DJANGO_DEBUG is off")
+PUBLIC_HOST = _public.netloc
+
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "127.0.0.1,localhost" if DEBUG else "")
+if not ALLOWED_HOSTS:
+    require("ALLOWED_HOSTS", "", _PRODUCTION)
+if _public.hostname not in ALLOWED_HOSTS and "*" not in ALLOWED_HOSTS:
+    ALLOWED_HOSTS.append(_public.hostname)
+CSRF_TRUSTED_ORIGINS = [f"{_public.scheme}://{_public.netloc}"]
+
+# Twilio. Without an account in development the server talks to the local Twilio emulator
+# that `manage.py simulate_call` runs, so a whole call works with no credentials at all.
+DEV_TWILIO_ACCOUNT_SID = "AC" + "0" * 32
+DEV_TWILIO_AUTH_TOKEN = "development-auth-token"
+DEV_TWILIO_API_BASE_URL = "http://127.0.0.1:8010"
+TWILIO_ACCOUNT_SID = env_str("TWILIO_ACCOUNT_SID")
+TWILIO_AUTH_TOKEN = env_str("TWILIO_AUTH_TOKEN")
+TWILIO_API_BASE_URL = env_str("TWILIO_API_BASE_URL").rstrip("/")
+if not TWILIO_ACCOUNT_SID and DEBUG:
+    TWILIO_ACCOUNT_SID = DEV_TWILIO_ACCOUNT_SID
+    TWILIO_AUTH_TOKEN = TWILIO_AUTH_TOKEN or DEV_TWILIO_AUTH_TOKEN
+    TWILIO_API_BASE_URL = TWILIO_API_BASE_URL or DEV_TWILIO_API_BASE_URL
+require("TWILIO_ACCOUNT_SID", TWILIO_ACCOUNT_SID, _PRODUCTION)
+require("TWILIO_AUTH_TOKEN", TWILIO_AUTH_TOKEN, "to check Twilio's signatures")
+if not (TWILIO_ACCOUNT_SID.startswith("AC") and len(TWILIO_ACCOUNT_SID) == 34):
+    raise ImproperlyConfigured("TWILIO_ACCOUNT_SID must be 'AC' followed by 32 characters")
+if TWILIO_API_BASE_URL and urlsplit(TWILIO_API_BASE_URL).scheme not in {"http", "https"}:
+    raise ImproperlyConfigured("TWILIO_API_BASE_URL must be an http(s) URL or empty")
+
+# Development only: accept unsigned webhooks, with a warning logged on every request.
+TWILIO_SKIP_SIGNATURE_VALIDATION = env_bool("TWILIO_SKIP_SIGNATURE_VALIDATION", False)
+if TWILIO_SKIP_SIGNATURE_VALIDATION and not DEBUG:
+    raise ImproperlyConfigured("TWILIO_SKIP_SIGNATURE_VALIDATION may only be set with DJANGO_DEBUG")
+
+# How long the stream token in the TwiML stays valid; Twilio opens the stream within seconds.
+STREAM_TOKEN_MAX_AGE_SECONDS = env_int("STREAM_TOKEN_MAX_AGE_SECONDS", 300)
+
+OPENAI_API_KEY = env_str("OPENAI_API_KEY")
+OPENAI_REALTIME_URL = env_str("OPENAI_REALTIME_URL", "wss://api.openai.com/v1/realtime")
+if urlsplit(OPENAI_REALTIME_URL).scheme not in {"ws", "wss"}:
+    raise ImproperlyConfigured("OPENAI_REALTIME_URL must be a ws:// or wss:// URL")
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "phonenumber_field",
+    "calls",
+    "agents",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "voicebot.urls"
+ASGI_APPLICATION = "voicebot.asgi.application"
+WSGI_APPLICATION = None
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASE_URL = env_str("DATABASE_URL")
+if DATABASE_URL:
+    import dj_database_url
+
+    if urlsplit(DATABASE_URL).scheme not in {"postgres", "postgresql", "pgsql", "sqlite"}:
+        raise ImproperlyConfigured("DATABASE_URL must be a postgres:// (or sqlite://) URL")
+    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": env_str("SQLITE_PATH", str(BASE_DIR / "db.sqlite3")),
+            # Webhooks and the stream consumer write concurrently; wait rather than fail.
+            "OPTIONS": {"timeout": 20, "transaction_mode": "IMMEDIATE"},
+        }
+    }
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+REDIS_URL = env_str("REDIS_URL")
+if REDIS_URL:
+    if urlsplit(REDIS_URL).scheme not in {"redis", "rediss", "unix"}:
+        raise ImproperlyConfigured("REDIS_URL must be a redis:// or rediss:// URL")
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL], "capacity": 1000, "expiry": 30},
+        }
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = env_str("TIME_ZONE", "UTC")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+
+PHONENUMBER_DB_FORMAT = "E164"
+PHONENUMBER_DEFAULT_FORMAT = "E164"
+
+# Behind a TLS-terminating proxy (the usual daphne deployment) the proxy must set this header.
+if env_bool("SECURE_PROXY_SSL_HEADER", not DEBUG):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+USE_X_FORWARDED_HOST = env_bool("USE_X_FORWARDED_HOST", False)
+if not DEBUG:
+    SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
+    # Twilio posts over https to PUBLIC_URL; never redirect its webhooks or health checks.
+    SECURE_REDIRECT_EXEMPT = [r"^twilio/", r"^healthz$"]
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+    SECURE_CONTENT_TYPE_NOSNIFF = True
+
+LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": "WARNING"},
+    "loggers": {
+        "voicebot": {"level": LOG_LEVEL},
+        "calls": {"level": LOG_LEVEL},
+        "agents": {"level": LOG_LEVEL},
+    },
+}
