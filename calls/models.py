@@ -77,7 +77,9 @@ class Call(models.Model):
     answered_at = models.DateTimeField(null=True, blank=True)
     ended_at = models.DateTimeField(null=True, blank=True)
     duration_seconds = models.PositiveIntegerField(null=True, blank=True)
-    end_reason = models.CharField(max_length=16, choices=EndReason.choices, blank=True, db_index=True)
+    end_reason = models.CharField(
+        max_length=16, choices=EndReason.choices, blank=True, db_index=True
+    )
     transfer_target = models.ForeignKey(
         "agents.TransferTarget",
         null=True,
@@ -87,6 +89,8 @@ class Call(models.Model):
     )
     # Kept even if the target is later deleted or renumbered.
     transferred_to = models.CharField(max_length=32, blank=True)
+    # Set once by whoever hangs up first, so Twilio is asked exactly once.
+    hangup_requested_at = models.DateTimeField(null=True, blank=True, editable=False)
     # The nonce of the single outstanding stream token; emptied when the stream uses it.
     stream_nonce = models.CharField(max_length=64, blank=True, editable=False)
 
