@@ -1,0 +1,459 @@
+import base64
+import json
+
+import pytest
+
+from calls.media import protocol
+from calls.media.protocol import (
+    Connected,
+    Dtmf,
+    Mark,
+    Media,
+    ProtocolError,
+    Start,
+    Stop,
+    clear_message,
+    mark_message,
+    media_message,
+    parse,
+    validate_outbound,
+)
+
+STREAM_SID = "MZ00000000000000000000000000000001"
+CALL_SID = "CA00000000000000000000000000000001"
+ACCOUNT_SID = "AC00000000000000000000000000000001"
+PAYLOAD = base64.b64encode(b"\xff" * 160).decode()
+
+
+def dumps(obj: object) -> str:
+    return json.dumps(obj, separators=(",", ":"))
+
+
+def media_dict(**overrides: object) -> dict:
+    msg = {
+        "event": "media",
+        "sequenceNumber": "4",
+        "streamSid": STREAM_SID,
+        "media": {"track": "inbound", "chunk": "2", "timestamp": "5", "payload": PAYLOAD},
+    }
+    msg.update(overrides)
+    return msg
+
+
+def reason_of(text: str | bytes) -> str:
+    with pytest.raises(ProtocolError) as excinfo:
+        parse(text)
+    return excinfo.value.reason
+
+
+# --- parse: one test per inbound event ---------------------------------------
+
+
+def test_it_parses_connected():
+    event = parse('{"event":"connected","protocol":"Call","version":"1.0.0"}')
+    assert event == Connected(protocol="Call", version="1.0.0")
+
+
+def test_it_parses_start_with_parameters_and_media_format():
+    text = protocol.start_message(
+        stream_sid=STREAM_SID,
+        call_sid=CALL_SID,
+        account_sid=ACCOUNT_SID,
+        sequence_number=1,
+        custom_parameters={"token": "abc"},
+    )
+    assert parse(text) == Start(
+        sequence_number=1,
+        stream_sid=STREAM_SID,
+        call_sid=CALL_SID,
+        account_sid=ACCOUNT_SID,
+        tracks=("inbound",),
+        custom_parameters={"token": "abc"},
+        media_format={"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+    )
+
+
+def test_it_parses_media_with_numeric_strings_as_ints_and_keeps_payload_base64():
+    event = parse(dumps(media_dict()))
+    assert event == Media(
+        sequence_number=4,
+        stream_sid=STREAM_SID,
+        track="inbound",
+        chunk=2,
+        timestamp_ms=5,
+        payload=PAYLOAD,
+    )
+    assert isinstance(event.payload, str)
+
+
+def test_it_parses_dtmf():
+    text = protocol.dtmf_message(stream_sid=STREAM_SID, sequence_number=5, digit="1")
+    assert parse(text) == Dtmf(
+        sequence_number=5, stream_sid=STREAM_SID, track="inbound_track", digit="1"
+    )
+
+
+def test_it_parses_mark_echo():
+    text = protocol.mark_echo_message(stream_sid=STREAM_SID, sequence_number=6, name="seg-1")
+    assert parse(text) == Mark(sequence_number=6, stream_sid=STREAM_SID, name="seg-1")
+
+
+def test_it_parses_stop():
+    text = protocol.stop_message(
+        stream_sid=STREAM_SID, sequence_number=7, call_sid=CALL_SID, account_sid=ACCOUNT_SID
+    )
+    assert parse(text) == Stop(
+        sequence_number=7, stream_sid=STREAM_SID, call_sid=CALL_SID, account_sid=ACCOUNT_SID
+    )
+
+
+def test_it_parses_the_exact_samples_from_the_protocol_notes():
+    samples = [
+        '{"event":"start","sequenceNumber":"1","streamSid":"MZ1","start":{"accountSid":"AC1",'
+        '"streamSid":"MZ1","callSid":"CA1","tracks":["inbound"],"customParameters":{"k":"v"},'
+        '"mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1}}}',
+        '{"event":"media","sequenceNumber":"4","streamSid":"MZ1","media":{"track":"inbound",'
+        '"chunk":"2","timestamp":"5","payload":"/w=="}}',
+        '{"event":"dtmf","sequenceNumber":"5","streamSid":"MZ1","dtmf":{"track":"inbound_track",'
+        '"digit":"1"}}',
+        '{"event":"mark","sequenceNumber":"6","streamSid":"MZ1","mark":{"name":"label"}}',
+        '{"event":"stop","sequenceNumber":"7","streamSid":"MZ1","stop":{"accountSid":"AC1",'
+        '"callSid":"CA1"}}',
+    ]
+    types = [type(parse(sample)) for sample in samples]
+    assert types == [Start, Media, Dtmf, Mark, Stop]
+
+
+def test_it_parses_non_ascii_custom_parameters():
+    text = protocol.start_message(
+        stream_sid=STREAM_SID,
+        call_sid=CALL_SID,
+        account_sid=ACCOUNT_SID,
+        sequence_number=1,
+        custom_parameters={"name": "Zoë"},
+    )
+    assert parse(text).custom_parameters == {"name": "Zoë"}
+
+
+# --- parse: every ProtocolError reason ---------------------------------------
+
+
+def test_it_rejects_binary_frames():
+    assert reason_of(dumps(media_dict()).encode()) == "binary"
+
+
+def test_it_rejects_oversized_messages():
+    huge = dumps(media_dict(media={"payload": "A" * protocol.MAX_MESSAGE_BYTES}))
+    assert reason_of(huge) == "too_large"
+
+
+def test_it_counts_utf8_bytes_not_characters_for_the_size_limit():
+    # 3 bytes per character: under the limit in characters, over it in bytes.
+    text = json.dumps(
+        {"event": "connected", "protocol": "€" * (protocol.MAX_MESSAGE_BYTES // 3 + 1)},
+        ensure_ascii=False,
+    )
+    assert len(text) < protocol.MAX_MESSAGE_BYTES
+    assert reason_of(text) == "too_large"
+
+
+def test_it_rejects_non_json():
+    assert reason_of('{"event": "media",') == "not_json"
+
+
+def test_it_rejects_deeply_nested_json_as_not_json():
+    assert reason_of("[" * 30000 + "]" * 30000) == "not_json"
+
+
+def test_it_rejects_json_that_is_not_an_object():
+    assert reason_of('["media"]') == "not_object"
+
+
+def test_it_rejects_unknown_events():
+    assert reason_of('{"event":"playback"}') == "unknown_event"
+
+
+def test_it_rejects_a_message_without_event_as_missing_field():
+    assert reason_of('{"streamSid":"MZ1"}') == "missing_field"
+
+
+@pytest.mark.parametrize("key", ["payload", "timestamp", "chunk", "track"])
+def test_it_names_the_missing_media_field(key):
+    msg = media_dict()
+    del msg["media"][key]
+    with pytest.raises(ProtocolError) as excinfo:
+        parse(dumps(msg))
+    assert excinfo.value.reason == "missing_field"
+    assert f"media.{key}" in str(excinfo.value)
+
+
+def test_it_rejects_media_without_stream_sid():
+    msg = media_dict()
+    del msg["streamSid"]
+    with pytest.raises(ProtocolError, match="streamSid") as excinfo:
+        parse(dumps(msg))
+    assert excinfo.value.reason == "missing_field"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"sequenceNumber": "four"}, "sequenceNumber"),
+        ({"sequenceNumber": "-4"}, "sequenceNumber"),
+        ({"sequenceNumber": True}, "sequenceNumber"),
+        ({"sequenceNumber": 4.5}, "sequenceNumber"),
+        ({"streamSid": None}, "streamSid"),
+        ({"media": "payload"}, "media"),
+        (
+            {"media": {"track": "inbound", "chunk": "2", "timestamp": "x", "payload": PAYLOAD}},
+            "media.timestamp",
+        ),
+        (
+            {"media": {"track": "inbound", "chunk": "2", "timestamp": "5", "payload": 7}},
+            "media.payload",
+        ),
+    ],
+)
+def test_it_rejects_media_fields_of_the_wrong_type_naming_the_field(overrides, field):
+    with pytest.raises(ProtocolError) as excinfo:
+        parse(dumps(media_dict(**overrides)))
+    assert excinfo.value.reason == "bad_value"
+    assert f"'{field}'" in str(excinfo.value)
+
+
+def test_it_accepts_integer_counters_as_well_as_strings():
+    msg = media_dict(sequenceNumber=4)
+    msg["media"]["timestamp"] = 5
+    event = parse(dumps(msg))
+    assert (event.sequence_number, event.timestamp_ms) == (4, 5)
+
+
+def test_it_rejects_start_with_non_string_custom_parameter():
+    text = protocol.start_message(
+        stream_sid=STREAM_SID,
+        call_sid=CALL_SID,
+        account_sid=ACCOUNT_SID,
+        sequence_number=1,
+        custom_parameters={"n": 1},  # type: ignore[dict-item]
+    )
+    with pytest.raises(ProtocolError, match="customParameters") as excinfo:
+        parse(text)
+    assert excinfo.value.reason == "bad_value"
+
+
+def test_it_rejects_start_without_call_sid():
+    msg = json.loads(
+        protocol.start_message(
+            stream_sid=STREAM_SID,
+            call_sid=CALL_SID,
+            account_sid=ACCOUNT_SID,
+            sequence_number=1,
+            custom_parameters={},
+        )
+    )
+    del msg["start"]["callSid"]
+    with pytest.raises(ProtocolError, match="start.callSid") as excinfo:
+        parse(dumps(msg))
+    assert excinfo.value.reason == "missing_field"
+
+
+def test_it_rejects_a_mark_echo_without_name():
+    with pytest.raises(ProtocolError, match="mark.name") as excinfo:
+        parse('{"event":"mark","sequenceNumber":"6","streamSid":"MZ1","mark":{}}')
+    assert excinfo.value.reason == "missing_field"
+
+
+def test_protocol_error_is_a_value_error():
+    assert issubclass(ProtocolError, ValueError)
+
+
+# --- outbound builders --------------------------------------------------------
+
+
+def test_media_message_has_exactly_the_shape_twilio_accepts():
+    text = media_message(STREAM_SID, PAYLOAD)
+    assert json.loads(text) == {
+        "event": "media",
+        "streamSid": STREAM_SID,
+        "media": {"payload": PAYLOAD},
+    }
+    assert text == dumps(json.loads(text))
+
+
+def test_mark_message_has_exactly_the_shape_twilio_accepts():
+    text = mark_message(STREAM_SID, "seg-17")
+    assert json.loads(text) == {
+        "event": "mark",
+        "streamSid": STREAM_SID,
+        "mark": {"name": "seg-17"},
+    }
+    assert text == dumps(json.loads(text))
+
+
+def test_clear_message_has_exactly_the_shape_twilio_accepts():
+    text = clear_message(STREAM_SID)
+    assert json.loads(text) == {"event": "clear", "streamSid": STREAM_SID}
+    assert text == dumps(json.loads(text))
+
+
+def test_templated_builders_match_json_dumps_byte_for_byte():
+    sid = 'MZ"odd\\sid'
+    name = 'quote " backslash \\ newline \n accent é'
+    assert media_message(sid, PAYLOAD) == dumps(
+        {"event": "media", "streamSid": sid, "media": {"payload": PAYLOAD}}
+    )
+    assert mark_message(sid, name) == dumps(
+        {"event": "mark", "streamSid": sid, "mark": {"name": name}}
+    )
+    assert clear_message(sid) == dumps({"event": "clear", "streamSid": sid})
+
+
+@pytest.mark.parametrize("sid", [None, ""])
+def test_builders_refuse_a_missing_stream_sid(sid):
+    with pytest.raises(ValueError):
+        media_message(sid, PAYLOAD)
+    with pytest.raises(ValueError):
+        mark_message(sid, "seg-1")
+    with pytest.raises(ValueError):
+        clear_message(sid)
+
+
+@pytest.mark.parametrize("payload", ["", "not base64!", 'AA"}', "AAA", b"AAAA", None])
+def test_media_message_refuses_a_payload_that_is_not_base64_text(payload):
+    with pytest.raises(ValueError):
+        media_message(STREAM_SID, payload)
+
+
+@pytest.mark.parametrize("name", ["", None, 17])
+def test_mark_message_refuses_a_name_that_is_not_a_non_empty_string(name):
+    with pytest.raises(ValueError):
+        mark_message(STREAM_SID, name)
+
+
+def test_twilio_side_builders_send_counters_as_strings():
+    media = json.loads(
+        protocol.inbound_media_message(
+            stream_sid=STREAM_SID, sequence_number=4, chunk=2, timestamp_ms=5, payload_b64=PAYLOAD
+        )
+    )
+    assert media == media_dict()
+    start = json.loads(
+        protocol.start_message(
+            stream_sid=STREAM_SID,
+            call_sid=CALL_SID,
+            account_sid=ACCOUNT_SID,
+            sequence_number=1,
+            custom_parameters={"k": "v"},
+        )
+    )
+    assert start == {
+        "event": "start",
+        "sequenceNumber": "1",
+        "streamSid": STREAM_SID,
+        "start": {
+            "accountSid": ACCOUNT_SID,
+            "streamSid": STREAM_SID,
+            "callSid": CALL_SID,
+            "tracks": ["inbound"],
+            "customParameters": {"k": "v"},
+            "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+        },
+    }
+    assert json.loads(protocol.connected_message()) == {
+        "event": "connected",
+        "protocol": "Call",
+        "version": "1.0.0",
+    }
+    assert json.loads(
+        protocol.stop_message(
+            stream_sid=STREAM_SID, sequence_number=7, call_sid=CALL_SID, account_sid=ACCOUNT_SID
+        )
+    ) == {
+        "event": "stop",
+        "sequenceNumber": "7",
+        "streamSid": STREAM_SID,
+        "stop": {"accountSid": ACCOUNT_SID, "callSid": CALL_SID},
+    }
+
+
+# --- validate_outbound ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        media_message(STREAM_SID, PAYLOAD),
+        mark_message(STREAM_SID, "seg-1"),
+        clear_message(STREAM_SID),
+    ],
+)
+def test_validate_outbound_accepts_every_builder_output(text):
+    assert validate_outbound(text, STREAM_SID) is None
+
+
+def test_it_rejects_misspelled_payload_key():
+    text = dumps({"event": "media", "streamSid": STREAM_SID, "media": {"playload": PAYLOAD}})
+    reason = validate_outbound(text, STREAM_SID)
+    assert reason is not None and "31951" in reason and "playload" in reason
+
+
+def test_it_rejects_an_extra_top_level_field():
+    msg = {"event": "clear", "streamSid": STREAM_SID, "track": "outbound"}
+    assert "track" in validate_outbound(dumps(msg), STREAM_SID)
+
+
+def test_it_rejects_an_extra_field_inside_mark():
+    msg = {"event": "mark", "streamSid": STREAM_SID, "mark": {"name": "a", "at": 1}}
+    assert "mark.at" in validate_outbound(dumps(msg), STREAM_SID)
+
+
+def test_it_rejects_outbound_sequence_number():
+    msg = json.loads(media_message(STREAM_SID, PAYLOAD))
+    msg["sequenceNumber"] = "1"
+    assert "sequenceNumber" in validate_outbound(dumps(msg), STREAM_SID)
+
+
+def test_it_rejects_a_missing_stream_sid_key():
+    assert "streamSid" in validate_outbound('{"event":"clear"}', STREAM_SID)
+
+
+@pytest.mark.parametrize("sid", [None, "", "MZ00000000000000000000000000000002"])
+def test_it_rejects_a_stream_sid_that_is_not_the_active_one(sid):
+    msg = {"event": "media", "streamSid": sid, "media": {"payload": PAYLOAD}}
+    assert "not the active stream" in validate_outbound(dumps(msg), STREAM_SID)
+
+
+def test_it_rejects_a_payload_with_a_wav_header():
+    wav_b64 = base64.b64encode(b"RIFF\x24\x00\x00\x00WAVEfmt ").decode()
+    reason = validate_outbound(media_message(STREAM_SID, wav_b64), STREAM_SID)
+    assert "RIFF" in reason
+
+
+def test_it_rejects_a_payload_that_is_not_base64():
+    msg = {"event": "media", "streamSid": STREAM_SID, "media": {"payload": "not base64!"}}
+    assert "base64" in validate_outbound(dumps(msg), STREAM_SID)
+
+
+def test_it_rejects_binary_frames_as_31950():
+    assert validate_outbound(media_message(STREAM_SID, PAYLOAD).encode(), STREAM_SID).startswith(
+        "31950"
+    )
+
+
+def test_it_rejects_non_json_outbound():
+    assert "not JSON" in validate_outbound("media " + PAYLOAD, STREAM_SID)
+
+
+@pytest.mark.parametrize("event", ["start", "stop", "dtmf", "Media", None])
+def test_it_rejects_events_a_server_may_not_send(event):
+    msg = {"event": event, "streamSid": STREAM_SID}
+    assert "is not media, mark or clear" in validate_outbound(dumps(msg), STREAM_SID)
+
+
+def test_it_rejects_json_that_is_not_an_object_outbound():
+    assert validate_outbound("[]", STREAM_SID) is not None
+
+
+def test_it_rejects_a_mark_name_that_is_not_a_string():
+    msg = {"event": "mark", "streamSid": STREAM_SID, "mark": {"name": 3}}
+    assert validate_outbound(dumps(msg), STREAM_SID) is not None
