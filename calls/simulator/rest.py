@@ -1,0 +1,406 @@
+"""A local stand-in for Twilio's REST API for calls.
+
+Point a twilio client at it with ``client.api.base_url = emulator.base_url``. It answers
+the call requests the project makes (create, fetch, hang up, replace TwiML) in Twilio's
+shapes, including its JSON errors, records every request for assertions, and calls hooks
+so a simulated call can react (a hangup ends the media stream, a TwiML update hands it off).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import inspect
+import re
+import secrets
+import xml.etree.ElementTree as ET
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from typing import Any
+
+from aiohttp import web
+
+API_VERSION = "2010-04-01"
+TERMINAL_STATUSES = frozenset({"completed", "canceled", "failed", "busy", "no-answer"})
+
+_CALLS_PATH = re.compile(rf"^/{API_VERSION}/Accounts/(?P<account>[^/]+)/Calls\.json$")
+_CALL_PATH = re.compile(
+    rf"^/{API_VERSION}/Accounts/(?P<account>[^/]+)/Calls/(?P<call>[^/]+)\.json$"
+)
+
+Hook = Callable[..., Awaitable[None] | None]
+
+
+@dataclass
+class RestRequest:
+    """One request as the emulator received it, and how it answered."""
+
+    method: str
+    path: str
+    account_sid: str | None
+    call_sid: str | None
+    form: dict[str, str]
+    time: float
+    auth: tuple[str, str] | None
+    status: int = 0
+    dial_numbers: list[str] = field(default_factory=list)
+
+    @property
+    def twiml(self) -> str | None:
+        return self.form.get("Twiml")
+
+    @property
+    def is_hangup(self) -> bool:
+        return self.form.get("Status") in ("completed", "canceled")
+
+
+@dataclass
+class _Failure:
+    match: str | None
+    status: int
+    code: int
+    message: str
+
+
+def twiml_dial_numbers(twiml: str) -> list[str]:
+    """Return what each ``<Dial>`` in a TwiML document dials: its text or its nouns' text."""
+    root = ET.fromstring(twiml)
+    numbers = []
+    for dial in root.iter("Dial"):
+        nouns = [noun for noun in dial if noun.tag in ("Number", "Sip", "Client", "Conference")]
+        if nouns:
+            numbers.extend((noun.text or "").strip() for noun in nouns)
+        elif (dial.text or "").strip():
+            numbers.append(dial.text.strip())
+    return numbers
+
+
+def twilio_error(status: int, code: int, message: str) -> web.Response:
+    """A JSON error shaped like Twilio's, which twilio-python turns into TwilioRestException."""
+    body = {
+        "code": code,
+        "message": message,
+        "more_info": f"https://www.twilio.com/docs/errors/{code}",
+        "status": status,
+    }
+    return web.json_response(body, status=status)
+
+
+def _rfc2822_now() -> str:
+    return format_datetime(datetime.now(UTC), usegmt=True)
+
+
+def _basic_auth(header: str | None) -> tuple[str, str] | None:
+    if not header or not header.startswith("Basic "):
+        return None
+    try:
+        decoded = base64.b64decode(header[len("Basic ") :], validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    user, sep, password = decoded.partition(":")
+    return (user, password) if sep and user else None
+
+
+class TwilioRestEmulator:
+    """Twilio's Calls REST resource on 127.0.0.1, on a free port.
+
+    ``calls`` maps each known CallSid to its status. With ``auto_register`` (the default) an
+    update to an unknown CallSid first registers it as in progress, as calls reach our server
+    from a real Twilio without being created through this emulator. ``auth_token``, when given,
+    must match the basic-auth password; basic auth itself is always required.
+
+    Hooks (constructor arguments or attributes; plain functions or coroutine functions):
+    ``on_hangup(call_sid)``, ``on_twiml(call_sid, twiml)``, ``on_create(params)`` where
+    ``params`` is the create request's form (To, From, Url or Twiml, StatusCallback, ...) plus
+    the new ``sid``. Coroutines run as tasks after the response, as Twilio answers the REST
+    request before the call reacts; their errors are re-raised by ``stop()``.
+    """
+
+    def __init__(
+        self,
+        *,
+        auto_register: bool = True,
+        auth_token: str | None = None,
+        on_hangup: Hook | None = None,
+        on_twiml: Hook | None = None,
+        on_create: Hook | None = None,
+    ) -> None:
+        self.auto_register = auto_register
+        self.auth_token = auth_token
+        self.on_hangup = on_hangup
+        self.on_twiml = on_twiml
+        self.on_create = on_create
+        self.calls: dict[str, str] = {}
+        self.requests: list[RestRequest] = []
+        self.hook_errors: list[BaseException] = []
+        self._details: dict[str, dict[str, Any]] = {}
+        self._failures: list[_Failure] = []
+        self._hook_tasks: set[asyncio.Task] = set()
+        self._runner: web.AppRunner | None = None
+        self._port: int | None = None
+        self._new_request: asyncio.Condition | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        self._port = self._runner.addresses[0][1]
+        self._new_request = asyncio.Condition()
+
+    async def stop(self) -> None:
+        """Stop serving, wait for running hooks, and re-raise the first error a hook raised."""
+        if self._hook_tasks:
+            await asyncio.wait(self._hook_tasks, timeout=5)
+            for task in list(self._hook_tasks):
+                task.cancel()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self.hook_errors:
+            raise self.hook_errors[0]
+
+    async def __aenter__(self) -> TwilioRestEmulator:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    @property
+    def base_url(self) -> str:
+        if self._port is None:
+            raise RuntimeError("TwilioRestEmulator is not started")
+        return f"http://127.0.0.1:{self._port}"
+
+    # -- state and assertions ----------------------------------------------------------------
+
+    def register_call(
+        self,
+        sid: str,
+        status: str = "in-progress",
+        *,
+        account_sid: str = "",
+        to: str = "",
+        from_: str = "",
+        direction: str = "inbound",
+    ) -> None:
+        self.calls[sid] = status
+        self._details[sid] = {
+            "account_sid": account_sid,
+            "to": to,
+            "from": from_,
+            "direction": direction,
+            "date_created": _rfc2822_now(),
+        }
+
+    def set_status(self, sid: str, status: str) -> None:
+        """Move a call along (e.g. a created call answers: queued -> in-progress)."""
+        if sid not in self.calls:
+            raise KeyError(sid)
+        self.calls[sid] = status
+
+    def fail_next(
+        self,
+        match: str | None = None,
+        *,
+        status: int = 500,
+        code: int = 20500,
+        message: str = "Internal Server Error",
+    ) -> None:
+        """Make the next request whose ``"METHOD /path"`` contains ``match`` (any request when
+        None) fail with a Twilio JSON error. Each call arms one failure."""
+        self._failures.append(_Failure(match, status, code, message))
+
+    def hangups(self, call_sid: str | None = None) -> list[RestRequest]:
+        return [r for r in self._updates(call_sid) if r.is_hangup]
+
+    def twiml_updates(self, call_sid: str | None = None) -> list[RestRequest]:
+        return [r for r in self._updates(call_sid) if r.twiml is not None]
+
+    def creates(self) -> list[RestRequest]:
+        return [r for r in self.requests if r.method == "POST" and r.call_sid is None]
+
+    async def wait_for_request(
+        self,
+        predicate: Callable[[RestRequest], object],
+        timeout: float = 5.0,
+    ) -> RestRequest:
+        """Return the first request (already received or still to come) matching ``predicate``."""
+        if self._new_request is None:
+            raise RuntimeError("TwilioRestEmulator is not started")
+
+        def find() -> RestRequest | None:
+            return next((r for r in self.requests if predicate(r)), None)
+
+        try:
+            async with asyncio.timeout(timeout), self._new_request:
+                await self._new_request.wait_for(lambda: find() is not None)
+        except TimeoutError:
+            seen = [f"{r.method} {r.path} {r.form} -> {r.status}" for r in self.requests]
+            raise TimeoutError(
+                f"no matching Twilio REST request within {timeout}s; received: {seen}"
+            ) from None
+        return find()
+
+    def _updates(self, call_sid: str | None) -> list[RestRequest]:
+        return [
+            r
+            for r in self.requests
+            if r.method == "POST"
+            and r.call_sid is not None
+            and (call_sid is None or r.call_sid == call_sid)
+        ]
+
+    # -- HTTP --------------------------------------------------------------------------------
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        form = await request.post() if request.method == "POST" else {}
+        calls_match = _CALLS_PATH.match(request.path)
+        call_match = _CALL_PATH.match(request.path)
+        match = call_match or calls_match
+        record = RestRequest(
+            method=request.method,
+            path=request.path,
+            account_sid=match["account"] if match else None,
+            call_sid=call_match["call"] if call_match else None,
+            form={key: str(value) for key, value in form.items()},
+            time=asyncio.get_running_loop().time(),
+            auth=_basic_auth(request.headers.get("Authorization")),
+        )
+        response = self._respond(request, record, calls_match is not None)
+        record.status = response.status
+        self.requests.append(record)
+        async with self._new_request:
+            self._new_request.notify_all()
+        return response
+
+    def _respond(self, request: web.Request, record: RestRequest, is_create: bool) -> web.Response:
+        if record.auth is None or (
+            self.auth_token is not None and record.auth[1] != self.auth_token
+        ):
+            return twilio_error(401, 20003, "Authenticate")
+        failure = self._take_failure(f"{record.method} {record.path}")
+        if failure is not None:
+            return twilio_error(failure.status, failure.code, failure.message)
+        if is_create and record.method == "POST":
+            return self._create(record)
+        if record.call_sid is not None and record.method == "POST":
+            return self._update(record)
+        if record.call_sid is not None and record.method == "GET":
+            if record.call_sid not in self.calls:
+                return self._not_found(record.path)
+            return web.json_response(self._resource(record.call_sid))
+        return self._not_found(record.path)
+
+    def _take_failure(self, method_path: str) -> _Failure | None:
+        for failure in self._failures:
+            if failure.match is None or failure.match in method_path:
+                self._failures.remove(failure)
+                return failure
+        return None
+
+    def _create(self, record: RestRequest) -> web.Response:
+        form = record.form
+        if not form.get("To"):
+            return twilio_error(400, 21201, "No 'To' number is specified")
+        if not form.get("From"):
+            return twilio_error(400, 21213, "No 'From' number is specified")
+        if not (form.get("Url") or form.get("Twiml") or form.get("ApplicationSid")):
+            return twilio_error(400, 21205, "Url parameter is required.")
+        sid = "CA" + secrets.token_hex(16)
+        self.register_call(
+            sid,
+            "queued",
+            account_sid=record.account_sid or "",
+            to=form["To"],
+            from_=form["From"],
+            direction="outbound-api",
+        )
+        self._run_hook(self.on_create, {"sid": sid, **form})
+        return web.json_response(self._resource(sid), status=201)
+
+    def _update(self, record: RestRequest) -> web.Response:
+        sid = record.call_sid
+        if sid not in self.calls and self.auto_register:
+            self.register_call(sid, account_sid=record.account_sid or "")
+        if sid not in self.calls:
+            return self._not_found(record.path)
+        if record.is_hangup:
+            if self.calls[sid] in TERMINAL_STATUSES:
+                return self._not_found(record.path)
+            self.calls[sid] = "completed"
+            self._details[sid]["end_time"] = _rfc2822_now()
+            self._run_hook(self.on_hangup, sid)
+        elif record.twiml is not None or "Url" in record.form:
+            if self.calls[sid] in TERMINAL_STATUSES:
+                return twilio_error(400, 21220, "Call is not in-progress. Cannot redirect.")
+            if record.twiml is not None:
+                try:
+                    record.dial_numbers = twiml_dial_numbers(record.twiml)
+                except ET.ParseError:
+                    return twilio_error(400, 12100, "Document parse failure")
+                self._run_hook(self.on_twiml, sid, record.twiml)
+        return web.json_response(self._resource(sid))
+
+    def _not_found(self, path: str) -> web.Response:
+        return twilio_error(404, 20404, f"The requested resource {path} was not found")
+
+    def _resource(self, sid: str) -> dict[str, Any]:
+        details = self._details[sid]
+        account_sid = details["account_sid"]
+        uri = f"/{API_VERSION}/Accounts/{account_sid}/Calls/{sid}.json"
+        return {
+            "sid": sid,
+            "account_sid": account_sid,
+            "parent_call_sid": None,
+            "status": self.calls[sid],
+            "to": details["to"],
+            "to_formatted": details["to"],
+            "from": details["from"],
+            "from_formatted": details["from"],
+            "direction": details["direction"],
+            "date_created": details["date_created"],
+            "date_updated": _rfc2822_now(),
+            "start_time": details["date_created"],
+            "end_time": details.get("end_time"),
+            "duration": None,
+            "price": None,
+            "price_unit": "USD",
+            "answered_by": None,
+            "api_version": API_VERSION,
+            "forwarded_from": None,
+            "caller_name": None,
+            "phone_number_sid": None,
+            "queue_time": "0",
+            "trunk_sid": None,
+            "group_sid": None,
+            "uri": uri,
+            "subresource_uris": {},
+        }
+
+    # -- hooks -------------------------------------------------------------------------------
+
+    def _run_hook(self, hook: Hook | None, *args: Any) -> None:
+        if hook is None:
+            return
+        try:
+            result = hook(*args)
+        except Exception as exc:  # a broken hook must not turn into a Twilio 500
+            self.hook_errors.append(exc)
+            return
+        if inspect.isawaitable(result):
+            task = asyncio.ensure_future(result)
+            self._hook_tasks.add(task)
+            task.add_done_callback(self._hook_done)
+
+    def _hook_done(self, task: asyncio.Task) -> None:
+        self._hook_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.hook_errors.append(task.exception())
