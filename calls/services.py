@@ -5,18 +5,23 @@ these functions and nothing else writes calls. They are synchronous ORM code; as
 wrap them in `channels.db.database_sync_to_async`.
 """
 
+import base64
 import logging
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import phonenumbers
 from asgiref.sync import async_to_sync
+from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from agents.models import Agent
+from agents.models import Agent, TransferTarget
 
-from . import security, twiml
+from . import security, telephony, twiml
 from .models import (
     LIVE_CALLS_GROUP,
     STATUS_RANK,
@@ -29,6 +34,8 @@ from .models import (
     EndReason,
     MediaStream,
     StreamStatus,
+    TranscriptEntry,
+    call_group_name,
 )
 
 logger = logging.getLogger(__name__)
@@ -164,7 +171,11 @@ def call_answer(
 def _status_moves_forward(call: Call, status: str, sequence: int | None) -> bool:
     if call.status in TERMINAL_STATUSES or status not in STATUS_RANK:
         return False
-    if sequence is not None and call.status_sequence is not None and sequence <= call.status_sequence:
+    if (
+        sequence is not None
+        and call.status_sequence is not None
+        and sequence <= call.status_sequence
+    ):
         return False
     return STATUS_RANK[status] > STATUS_RANK[call.status]
 
@@ -262,3 +273,411 @@ def connect_ended_record(*, call_sid: str) -> str:
     if call is not None:
         call_event_record(call=call, kind="stream_closed", actor=Actor.TWILIO)
     return twiml.hangup()
+
+
+# --- the media stream -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StreamOpened:
+    call_id: str
+    call_sid: str
+    agent_id: int | None
+    started_at: datetime
+
+
+def stream_open(
+    *,
+    call_sid: str,
+    stream_sid: str,
+    token: str | None,
+    custom_parameters: dict[str, str],
+    media_format: dict[str, Any],
+    tracks: list[str],
+) -> StreamOpened:
+    """Authenticate a stream's `start` and record it. Raises StreamTokenError if refused.
+
+    The nonce is consumed by a conditional UPDATE, so of two sockets presenting the same
+    token only one wins, whichever process each is in.
+    """
+    call = Call.objects.filter(sid=call_sid).first()
+    try:
+        if call is None:
+            raise security.StreamTokenError("stream for an unknown call")
+        nonce = security.stream_token_nonce(token, call_sid)
+        consumed = (
+            Call.objects.filter(pk=call.pk, stream_nonce=nonce)
+            .exclude(stream_nonce="")
+            .update(stream_nonce="")
+        )
+        if not consumed:
+            raise security.StreamTokenError("stream token already used or replaced")
+    except security.StreamTokenError as error:
+        logger.warning("Stream %s for call %s refused: %s", stream_sid, call_sid, error)
+        if call is not None:
+            call_event_record(
+                call=call,
+                kind="stream_refused",
+                actor=Actor.SYSTEM,
+                data={"stream_sid": stream_sid, "reason": str(error)},
+            )
+        raise
+    now = timezone.now()
+    parameters = {
+        k: v for k, v in custom_parameters.items() if k != security.STREAM_TOKEN_PARAMETER
+    }
+    with transaction.atomic():
+        MediaStream.objects.update_or_create(
+            sid=stream_sid,
+            defaults={
+                "call": call,
+                "status": StreamStatus.STARTED,
+                "started_at": now,
+                "custom_parameters": parameters,
+                "media_format": media_format,
+                "tracks": tracks,
+            },
+        )
+        call_event_record(
+            call=call, kind="stream_connected", actor=Actor.TWILIO, data={"stream_sid": stream_sid}
+        )
+    return StreamOpened(
+        call_id=str(call.id), call_sid=call.sid, agent_id=call.agent_id, started_at=now
+    )
+
+
+STREAM_COUNTERS = (
+    "frames_in",
+    "frames_out",
+    "bytes_in",
+    "bytes_out",
+    "marks_sent",
+    "marks_received",
+    "clears",
+    "dtmf_digits",
+    "bad_messages",
+)
+
+
+def stream_close(*, stream_sid: str, counters: dict[str, int], last_error: str = "") -> None:
+    """Write a stream's counters once, when it ends (never per frame)."""
+    values = {name: counters.get(name, 0) for name in STREAM_COUNTERS}
+    updates: dict[str, Any] = {**values, "stopped_at": timezone.now()}
+    if last_error:
+        updates["last_error"] = last_error
+    MediaStream.objects.filter(sid=stream_sid).update(**updates)
+    MediaStream.objects.filter(sid=stream_sid, status=StreamStatus.STARTED).update(
+        status=StreamStatus.STOPPED
+    )
+
+
+def stream_bad_message_record(*, call_id: str, stream_sid: str, reason: str, detail: str) -> None:
+    """The first bad message of a kind on a stream goes to the call's log (Twilio logs once too)."""
+    call = Call.objects.filter(pk=call_id).first()
+    if call is not None:
+        call_event_record(
+            call=call,
+            kind="stream_bad_message",
+            actor=Actor.TWILIO,
+            data={"stream_sid": stream_sid, "reason": reason, "detail": detail[:200]},
+        )
+
+
+# --- transcripts ----------------------------------------------------------------------------
+
+
+def transcript_add(
+    *,
+    call_id: str,
+    speaker: str,
+    text: str,
+    offset_ms: int,
+    item_id: str = "",
+    interrupted: bool = False,
+    heard_ms: int | None = None,
+) -> TranscriptEntry:
+    entry = TranscriptEntry.objects.create(
+        call_id=call_id,
+        speaker=speaker,
+        text=text,
+        offset_ms=max(0, offset_ms),
+        item_id=item_id,
+        interrupted=interrupted,
+        heard_ms=heard_ms,
+    )
+    live_broadcast("transcript", call_id=str(call_id), entry=transcript_summary(entry))
+    return entry
+
+
+def transcript_interrupt(*, call_id: str, item_id: str, heard_ms: int) -> int:
+    """Mark an agent line the caller cut off, with how much of it they heard."""
+    entries = list(TranscriptEntry.objects.filter(call_id=call_id, item_id=item_id))
+    for entry in entries:
+        entry.interrupted, entry.heard_ms = True, heard_ms
+        entry.save(update_fields=["interrupted", "heard_ms"])
+        live_broadcast("transcript", call_id=str(call_id), entry=transcript_summary(entry))
+    return len(entries)
+
+
+def transcript_summary(entry: TranscriptEntry) -> dict[str, Any]:
+    return {
+        "id": entry.pk,
+        "speaker": entry.speaker,
+        "text": entry.text,
+        "offset_ms": entry.offset_ms,
+        "interrupted": entry.interrupted,
+        "heard_ms": entry.heard_ms,
+    }
+
+
+# --- call control: one idempotent path per action, whoever triggers it ---------------------
+
+
+class CallControlError(Exception):
+    """An action could not be carried out; `str()` says why, in words fit for staff."""
+
+
+async def call_send(call_id: str, message: dict[str, Any]) -> None:
+    """Deliver a control message to the consumer holding the call's stream, in any process.
+
+    Messages must be msgpack-safe for channels-redis: strings, numbers, lists and dicts only.
+    """
+    layer = get_channel_layer()
+    if layer is not None:
+        await layer.group_send(call_group_name(call_id), message)
+
+
+def _live_call(call_id: str) -> Call:
+    call = Call.objects.select_related("agent").filter(pk=call_id).first()
+    if call is None:
+        raise CallControlError("No such call.")
+    if not call.is_live:
+        raise CallControlError(f"The call has already ended ({call.get_status_display()}).")
+    return call
+
+
+@database_sync_to_async
+def _hangup_claim(call_id: str, reason: str, actor: str, user: Any) -> Call | None:
+    with transaction.atomic():
+        call = Call.objects.select_for_update().filter(pk=call_id).first()
+        if call is None:
+            raise CallControlError("No such call.")
+        if call.hangup_requested_at is not None or not call.is_live:
+            call_event_record(
+                call=call,
+                kind="hangup_skipped",
+                actor=actor,
+                user=user,
+                data={"reason": reason, "why": "already ended or being hung up"},
+            )
+            return None
+        call.hangup_requested_at = timezone.now()
+        call.end_reason = call.end_reason or reason
+        call.save(update_fields=["hangup_requested_at", "end_reason"])
+        call_event_record(call=call, kind="hangup", actor=actor, user=user, data={"reason": reason})
+        return call
+
+
+@database_sync_to_async
+def _hangup_release(call_id: str, actor: str, user: Any, error: str) -> None:
+    with transaction.atomic():
+        call = Call.objects.select_for_update().get(pk=call_id)
+        call.hangup_requested_at = None
+        call.save(update_fields=["hangup_requested_at"])
+        call_event_record(
+            call=call, kind="hangup_failed", actor=actor, user=user, data={"error": error}
+        )
+
+
+async def call_hangup(*, call_id: str, actor: str, reason: str, user: Any = None) -> bool:
+    """Hang up through Twilio's REST API, exactly once, then close the stream.
+
+    Returns False when someone else already hung up or the call had ended; Twilio's 20404
+    (the caller got there first) counts as success.
+    """
+    call = await _hangup_claim(str(call_id), reason, actor, user)
+    if call is None:
+        return False
+    try:
+        await telephony.call_complete(call.sid)
+    except telephony.TelephonyError as error:
+        await _hangup_release(str(call_id), actor, user, str(error))
+        raise CallControlError(f"Hang-up failed: {error}") from error
+    await call_send(str(call_id), {"type": "call.close", "reason": reason})
+    return True
+
+
+@database_sync_to_async
+def _action_record(call_id: str, kind: str, actor: str, user: Any, data: dict) -> Call:
+    call = _live_call(call_id)
+    call_event_record(call=call, kind=kind, actor=actor, user=user, data=data)
+    return call
+
+
+async def call_clear_audio(*, call_id: str, actor: str, user: Any = None) -> None:
+    """Barge-in: drop the audio Twilio has buffered for the caller, at once."""
+    await _action_record(str(call_id), "clear", actor, user, {})
+    await call_send(str(call_id), {"type": "call.clear", "actor": actor})
+
+
+async def call_play_audio(
+    *, call_id: str, ulaw: bytes, actor: str, user: Any = None, label: str = "announcement"
+) -> None:
+    """Play headerless 8 kHz mu-law into a live call, closed with a mark."""
+    duration_ms = len(ulaw) // 8
+    await _action_record(str(call_id), "play", actor, user, {"label": label, "ms": duration_ms})
+    payload = base64.b64encode(ulaw).decode("ascii")
+    await call_send(str(call_id), {"type": "call.play", "payload": payload, "label": label})
+
+
+async def call_say(*, call_id: str, text: str, actor: str, user: Any = None) -> None:
+    """Have the agent speak `text` on a live call."""
+    text = text.strip()
+    if not text:
+        raise CallControlError("Type something for the agent to say.")
+    await _action_record(str(call_id), "say", actor, user, {"text": text})
+    await call_send(str(call_id), {"type": "call.say", "text": text})
+
+
+@database_sync_to_async
+def _transfer_prepare(call_id: str, target_name: str | None, actor: str, user: Any) -> tuple:
+    call = _live_call(call_id)
+    targets = TransferTarget.objects.filter(agent_id=call.agent_id)
+    target = (
+        targets.filter(name=target_name).first()
+        if target_name
+        else targets.filter(is_default=True).first()
+    )
+    if target is None:
+        wanted = f"“{target_name}”" if target_name else "a default transfer target"
+        call_event_record(
+            call=call,
+            kind="transfer_failed",
+            actor=actor,
+            user=user,
+            data={"target": target_name or "", "error": "unknown target"},
+        )
+        raise CallControlError(f"This call's agent has no {wanted}.")
+    return call, target
+
+
+@database_sync_to_async
+def _transfer_finish(
+    call: Call, target: TransferTarget, actor: str, user: Any, reason: str, error: str = ""
+) -> None:
+    data = {"target": target.name, "number": str(target.phone_number), "reason": reason}
+    if error:
+        call_event_record(
+            call=call, kind="transfer_failed", actor=actor, user=user, data={**data, "error": error}
+        )
+        return
+    with transaction.atomic():
+        Call.objects.filter(pk=call.pk).update(
+            transfer_target=target,
+            transferred_to=str(target.phone_number),
+            end_reason=EndReason.TRANSFERRED,
+        )
+        call.refresh_from_db()
+        call_event_record(call=call, kind="transfer", actor=actor, user=user, data=data)
+        call_broadcast(call)
+
+
+async def call_transfer(
+    *,
+    call_id: str,
+    actor: str,
+    target_name: str | None = None,
+    user: Any = None,
+    reason: str = "",
+) -> TransferTarget:
+    """Hand the caller to a person: replace the call's TwiML with a <Dial>.
+
+    Twilio then ends the stream itself; the consumer is told first, so the `stop` that follows
+    is read as a transfer, not a hang-up. `target_name=None` means the agent's default target.
+    """
+    call, target = await _transfer_prepare(str(call_id), target_name, actor, user)
+    await call_send(str(call_id), {"type": "call.transferring", "target": target.name})
+    try:
+        await telephony.call_update_twiml(call.sid, twiml.dial(str(target.phone_number)))
+    except telephony.TelephonyError as error:
+        await _transfer_finish(call, target, actor, user, reason, error=str(error))
+        await call_send(str(call_id), {"type": "call.transfer_failed", "error": str(error)})
+        raise CallControlError(f"Transfer to {target.name} failed: {error}") from error
+    await _transfer_finish(call, target, actor, user, reason)
+    return target
+
+
+@database_sync_to_async
+def _outbound_record(sid: str, agent: Agent, to_number: str, user: Any) -> Call:
+    with transaction.atomic():
+        # Twilio may already have asked for the call's TwiML and so created the record.
+        call, _ = Call.objects.update_or_create(
+            sid=sid,
+            defaults={
+                "account_sid": settings.TWILIO_ACCOUNT_SID,
+                "direction": Direction.OUTBOUND,
+                "from_number": str(agent.phone_number),
+                "to_number": to_number,
+                "agent": agent,
+            },
+        )
+        call_event_record(
+            call=call,
+            kind="outbound_placed",
+            actor=Actor.STAFF if user else Actor.SYSTEM,
+            user=user,
+            data={"to": to_number, "agent": agent.name},
+        )
+        call_broadcast(call)
+    return call
+
+
+def e164(number: str) -> str:
+    """`number` in E.164, or CallControlError saying what is wrong with it."""
+    try:
+        parsed = phonenumbers.parse(number.strip(), None)
+    except phonenumbers.NumberParseException:
+        raise CallControlError(
+            f"“{number}” is not a phone number; use E.164, e.g. +14155550100."
+        ) from None
+    if not phonenumbers.is_valid_number(parsed):
+        raise CallControlError(f"“{number}” is not a valid phone number.")
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+
+async def call_place_outbound(*, agent: Agent, to_number: str, user: Any = None) -> Call:
+    """Have `agent` call `to_number`. Twilio fetches our answer webhook once it picks up."""
+    to_number = e164(to_number)
+    if not agent.is_active:
+        raise CallControlError(f"{agent.name} is not active.")
+    if not agent.phone_number:
+        raise CallControlError(f"{agent.name} has no phone number to call from.")
+    try:
+        sid = await telephony.call_create(
+            to=to_number,
+            from_=str(agent.phone_number),
+            url=security.public_url("/twilio/voice/incoming"),
+            status_callback=security.public_url("/twilio/voice/status"),
+        )
+    except telephony.TelephonyError as error:
+        raise CallControlError(f"Twilio did not place the call: {error}") from error
+    return await _outbound_record(sid, agent, to_number, user)
+
+
+# --- the staff feed: who is audible now ----------------------------------------------------
+
+SPEAKERS_AUDIBLE = ("caller", "agent", "")
+
+
+async def call_speaking_broadcast(*, call_id: str, speaker: str) -> None:
+    """Tell the live dashboards who is audible on a call: "caller", "agent", or "" for nobody.
+
+    Not stored: it changes several times a minute and only the live view shows it. Send it
+    when it changes, from a task, never inline on the media path.
+    """
+    if speaker not in SPEAKERS_AUDIBLE:
+        raise ValueError(f"speaker must be one of {SPEAKERS_AUDIBLE}, not {speaker!r}")
+    layer = get_channel_layer()
+    if layer is not None:
+        message = {"type": "live.event", "event": "speaking", "call_id": str(call_id)}
+        await layer.group_send(LIVE_CALLS_GROUP, {**message, "speaker": speaker})

@@ -1,6 +1,69 @@
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+
 import pytest
 
 from agents.models import Agent, TransferTarget
+
+
+def under_ci() -> bool:
+    return os.environ.get("CI", "").lower() == "true"
+
+
+def require_binary(name: str, *, why: str = "") -> str:
+    """The path of a system program the test needs.
+
+    Locally a missing program skips the test with the reason; under CI (CI=true) it fails,
+    because `.ci/run` installs every such program and a skip there would hide a gap.
+    """
+    path = shutil.which(name)
+    if path:
+        return path
+    message = f"{name} is not installed{f' ({why})' if why else ''}; .ci/run installs it"
+    if under_ci():
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, *, timeout: float = 20.0, process: subprocess.Popen | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on port {port} after {timeout}s")
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A private redis-server for the session, on a free port, stopped afterwards."""
+    binary = require_binary("redis-server", why="needed for the multi-process channel layer")
+    port = free_port()
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port, process=process)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
 
 
 @pytest.fixture

@@ -1,0 +1,156 @@
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from pathlib import Path
+
+from django.core.management.base import BaseCommand, CommandError
+
+from agents.management.commands.seed_demo import DEMO_NUMBER
+from calls.simulator.call import (
+    DEFAULT_DURATION_S,
+    DEFAULT_FROM_NUMBER,
+    DEFAULT_SERVER_URL,
+    Action,
+    SimulatedCall,
+    SimulationError,
+    parse_action,
+)
+
+EXAMPLES = """
+examples:
+  manage.py simulate_call                                  the demo agent greets you; then type
+  manage.py simulate_call --dtmf 0@6s                      press 0 six seconds in: a transfer
+  manage.py simulate_call --say "I want a person" --dtmf "#"   say it when quiet, then press #
+  manage.py simulate_call --audio question.wav --record heard.wav
+
+While a call runs in a terminal, type keys (0-9 * #) and Enter to press them, any other line
+to say it, or Ctrl-C to hang up.
+"""
+
+
+def _action_type(kind: str):
+    def parse(spec: str) -> Action:
+        try:
+            return parse_action(kind, spec)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    return parse
+
+
+class Command(BaseCommand):
+    help = (
+        "Place a simulated phone call to a running voicebot server, playing Twilio's part: "
+        "the signed webhooks, the media stream in real time, and the REST API on loopback."
+    )
+
+    def create_parser(self, prog_name: str, subcommand: str, **kwargs):
+        parser = super().create_parser(prog_name, subcommand, **kwargs)
+        parser.epilog = EXAMPLES
+        parser.formatter_class = argparse.RawDescriptionHelpFormatter
+        return parser
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument(
+            "--server", default=DEFAULT_SERVER_URL, help="where the server listens (%(default)s)"
+        )
+        parser.add_argument("--to", default=DEMO_NUMBER, help="number dialled (%(default)s)")
+        parser.add_argument(
+            "--from", dest="from_number", default=DEFAULT_FROM_NUMBER, help="caller (%(default)s)"
+        )
+        parser.add_argument(
+            "--duration",
+            type=float,
+            default=DEFAULT_DURATION_S,
+            help="hang up after this many seconds (%(default)s)",
+        )
+        for kind, what in (
+            ("dtmf", "press KEYS (e.g. 0 or #)"),
+            ("say", "speak TEXT (espeak-ng)"),
+            ("audio", "play FILE.wav as the caller"),
+        ):
+            parser.add_argument(
+                f"--{kind}",
+                dest="actions",
+                action="append",
+                type=_action_type(kind),
+                default=[],
+                metavar=f"{kind.upper() if kind != 'audio' else 'FILE'}[@TIME]",
+                help=f"{what} at TIME (5s, 800ms) into the stream, or in turn when the line is"
+                " quiet; repeatable",
+            )
+        parser.add_argument("--record", type=Path, help="write what the caller heard to a WAV")
+        parser.add_argument(
+            "--rest-port",
+            type=int,
+            default=8010,
+            help="port of the Twilio REST emulator; the server's TWILIO_API_BASE_URL (%(default)s)",
+        )
+        parser.add_argument(
+            "--verbose", action="store_true", help="log every mark as it is sent and echoed"
+        )
+        parser.add_argument(
+            "--no-input", action="store_true", help="do not read keys and sentences from stdin"
+        )
+        parser.add_argument(
+            "--no-transcript",
+            action="store_true",
+            help="do not read the transcript from the database the server shares",
+        )
+
+    def handle(self, *args, **options) -> None:
+        call = SimulatedCall(
+            server_url=options["server"],
+            to_number=options["to"],
+            from_number=options["from_number"],
+            duration_s=options["duration"],
+            actions=options["actions"],
+            rest_port=options["rest_port"],
+            record_path=options["record"],
+            watch_database=not options["no_transcript"],
+            verbose=options["verbose"],
+            log=self.stdout.write,
+        )
+        interactive = not options["no_input"] and sys.stdin.isatty()
+        try:
+            result = asyncio.run(self._run(call, interactive))
+        except SimulationError as error:
+            raise CommandError(str(error)) from None
+        self.stdout.write("")
+        for line in result.summary_lines():
+            self.stdout.write(line)
+        if result.errors:
+            raise CommandError(f"the call had {len(result.errors)} error(s); see above")
+
+    async def _run(self, call: SimulatedCall, interactive: bool):
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError):  # no signal handlers on Windows
+            loop.add_signal_handler(signal.SIGINT, self._interrupt, call)
+        if interactive:
+            self.stdout.write("Type keys (0-9 * #) or a sentence and Enter; Ctrl-C hangs up.")
+            loop.add_reader(sys.stdin, self._read_line, call)
+        try:
+            return await call.run()
+        finally:
+            if interactive:
+                loop.remove_reader(sys.stdin)
+
+    def _interrupt(self, call: SimulatedCall) -> None:
+        # The first Ctrl-C hangs up like a caller; a second one stops the command at once.
+        asyncio.get_running_loop().remove_signal_handler(signal.SIGINT)
+        call.hang_up()
+
+    def _read_line(self, call: SimulatedCall) -> None:
+        line = sys.stdin.readline()
+        if not line:  # end of input: stop reading, the call goes on
+            asyncio.get_running_loop().remove_reader(sys.stdin)
+            return
+        text = line.strip()
+        if not text:
+            return
+        if all(key in "0123456789*#" for key in text):
+            call.press(text)
+        else:
+            call.say(text)

@@ -1,0 +1,86 @@
+"""The one place that talks to Twilio's REST API.
+
+Async throughout: the client is built inside the running loop on the aiohttp transport, and
+closed after each operation. `TWILIO_API_BASE_URL` points it at a local emulator.
+"""
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from django.conf import settings
+from twilio.base.exceptions import TwilioRestException
+from twilio.http.async_http_client import AsyncTwilioHttpClient
+from twilio.rest import Client
+
+logger = logging.getLogger(__name__)
+
+# Twilio's "not found": the call has already ended (or never existed for this account).
+NOT_FOUND_CODE = 20404
+
+
+class TelephonyError(Exception):
+    """Twilio refused or could not be reached; `str()` is fit to show staff."""
+
+    def __init__(self, message: str, *, status: int | None = None, code: int | None = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+@asynccontextmanager
+async def _client() -> AsyncIterator[Client]:
+    http_client = AsyncTwilioHttpClient(timeout=10)
+    client = Client(
+        settings.TWILIO_ACCOUNT_SID, settings.TWILIO_AUTH_TOKEN, http_client=http_client
+    )
+    if settings.TWILIO_API_BASE_URL:
+        client.api.base_url = settings.TWILIO_API_BASE_URL
+    try:
+        yield client
+    except TwilioRestException as error:
+        raise TelephonyError(
+            f"Twilio error {error.code}: {error.msg}", status=error.status, code=error.code
+        ) from error
+    except OSError as error:
+        raise TelephonyError(f"Twilio could not be reached: {error}") from error
+    finally:
+        await http_client.close()
+
+
+def _already_ended(error: TelephonyError) -> bool:
+    return error.code == NOT_FOUND_CODE or error.status == 404
+
+
+async def call_complete(call_sid: str) -> bool:
+    """Hang up. True if this request ended the call, False if it had already ended."""
+    try:
+        async with _client() as client:
+            await client.calls(call_sid).update_async(status="completed")
+    except TelephonyError as error:
+        if _already_ended(error):
+            logger.info("Call %s had already ended (%s)", call_sid, error)
+            return False
+        raise
+    return True
+
+
+async def call_update_twiml(call_sid: str, twiml: str) -> None:
+    """Replace the call's running TwiML (for a transfer: a <Dial>)."""
+    async with _client() as client:
+        await client.calls(call_sid).update_async(twiml=twiml)
+
+
+async def call_create(*, to: str, from_: str, url: str, status_callback: str) -> str:
+    """Place a call; Twilio fetches `url` for its TwiML once answered. Returns the CallSid."""
+    async with _client() as client:
+        call = await client.calls.create_async(
+            to=to,
+            from_=from_,
+            url=url,
+            method="POST",
+            status_callback=status_callback,
+            status_callback_method="POST",
+            status_callback_event=["initiated", "ringing", "answered", "completed"],
+        )
+    return call.sid
