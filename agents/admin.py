@@ -18,7 +18,10 @@ class AgentAdmin(admin.ModelAdmin):
     fieldsets = [
         (None, {"fields": ["name", "phone_number", "is_default", "is_active"]}),
         ("Conversation", {"fields": ["instructions", "greeting", "voice", "model", "backend"]}),
-        ("Limits and keys", {"fields": ["max_call_seconds", "idle_timeout_seconds", "transfer_digit"]}),
+        (
+            "Limits and keys",
+            {"fields": ["max_call_seconds", "idle_timeout_seconds", "transfer_digit"]},
+        ),
     ]
 
     @admin.display(description="backend", ordering="backend")

@@ -61,7 +61,9 @@ class Agent(models.Model):
     )
     voice = models.CharField(max_length=16, choices=Voice.choices, default=Voice.MARIN)
     model = models.CharField(max_length=64, default="gpt-realtime")
-    backend = models.CharField(max_length=20, choices=Backend.choices, default=Backend.OPENAI_REALTIME)
+    backend = models.CharField(
+        max_length=20, choices=Backend.choices, default=Backend.OPENAI_REALTIME
+    )
     transfer_digit = models.CharField(
         max_length=1,
         blank=True,

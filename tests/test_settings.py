@@ -16,7 +16,11 @@ def manage(*args: str, **overrides: str) -> subprocess.CompletedProcess:
     env = {**os.environ, **TEST_ENVIRONMENT, "DJANGO_SETTINGS_MODULE": "voicebot.settings"}
     env.update(overrides)
     return subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=60,
     )
 

@@ -15,8 +15,13 @@ def call_sid(client, agent) -> str:
 
 
 def status(client, call_sid: str, value: str, sequence: int, **extra) -> None:
-    params = {"CallSid": call_sid, "AccountSid": ACCOUNT_SID, "CallStatus": value,
-              "SequenceNumber": str(sequence), **extra}
+    params = {
+        "CallSid": call_sid,
+        "AccountSid": ACCOUNT_SID,
+        "CallStatus": value,
+        "SequenceNumber": str(sequence),
+        **extra,
+    }
     assert signed_post(client, "/twilio/voice/status", params).status_code == 204
 
 
@@ -72,13 +77,21 @@ def test_an_unknown_call_is_ignored(client, db):
 
 
 def test_stream_status_callbacks_are_recorded(client, call_sid):
-    base = {"CallSid": call_sid, "AccountSid": ACCOUNT_SID, "StreamSid": "MZ" + "a" * 32,
-            "StreamName": "s", "Timestamp": "2026-11-22T10:00:00Z"}
+    base = {
+        "CallSid": call_sid,
+        "AccountSid": ACCOUNT_SID,
+        "StreamSid": "MZ" + "a" * 32,
+        "StreamName": "s",
+        "Timestamp": "2026-11-22T10:00:00Z",
+    }
     signed_post(client, "/twilio/stream/status", {**base, "StreamEvent": "stream-started"})
     stream = MediaStream.objects.get(sid=base["StreamSid"])
     assert stream.status == StreamStatus.STARTED
-    signed_post(client, "/twilio/stream/status",
-                {**base, "StreamEvent": "stream-error", "StreamError": "boom"})
+    signed_post(
+        client,
+        "/twilio/stream/status",
+        {**base, "StreamEvent": "stream-error", "StreamError": "boom"},
+    )
     signed_post(client, "/twilio/stream/status", {**base, "StreamEvent": "stream-stopped"})
     stream.refresh_from_db()
     assert stream.status == StreamStatus.STOPPED and stream.last_error == "boom"
@@ -87,9 +100,11 @@ def test_stream_status_callbacks_are_recorded(client, call_sid):
 
 
 def test_the_dial_action_records_how_the_transfer_ended_and_hangs_up(client, call_sid):
-    response = signed_post(client, "/twilio/voice/dial-action",
-                           {"CallSid": call_sid, "DialCallStatus": "completed",
-                            "DialCallDuration": "61"})
+    response = signed_post(
+        client,
+        "/twilio/voice/dial-action",
+        {"CallSid": call_sid, "DialCallStatus": "completed", "DialCallDuration": "61"},
+    )
     assert b"<Hangup />" in response.content
     event = Call.objects.get(sid=call_sid).events.get(kind="transfer_ended")
     assert event.data == {"dial_status": "completed", "duration_seconds": 61}

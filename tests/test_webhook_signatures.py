@@ -60,8 +60,13 @@ def test_the_signature_covers_the_query_string(client, agent):
 
 
 @pytest.mark.parametrize(
-    "path", ["/twilio/voice/status", "/twilio/stream/status", "/twilio/voice/dial-action",
-             "/twilio/voice/connect-action"],
+    "path",
+    [
+        "/twilio/voice/status",
+        "/twilio/stream/status",
+        "/twilio/voice/dial-action",
+        "/twilio/voice/connect-action",
+    ],
 )
 def test_every_twilio_endpoint_checks_the_signature(client, path):
     assert client.post(path, {"CallSid": new_call_sid()}).status_code == 403

@@ -1,0 +1,379 @@
+"""The media stream consumer speaks Twilio's protocol exactly, and survives bad input."""
+
+import asyncio
+import base64
+import json
+
+import pytest
+from asgiref.sync import sync_to_async
+
+from agents.models import Agent, TransferTarget
+from calls import services
+from calls.consumers import MediaStreamConsumer
+from calls.media import audio, protocol
+from calls.models import Call, CallEvent, EndReason, MediaStream, StreamStatus
+from calls.simulator.rest import TwilioRestEmulator
+from tests.peers.realtime import FakeRealtimeServer, Reply
+
+from .stream_helpers import TwilioTestStream, answer_call, upgrade_signature_headers
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+async def realtime(settings):
+    async with FakeRealtimeServer(default_reply=Reply(transcript="", audio_ms=0)) as server:
+        settings.OPENAI_REALTIME_URL = server.url
+        yield server
+
+
+@pytest.fixture
+async def rest(settings):
+    async with TwilioRestEmulator() as emulator:
+        settings.TWILIO_API_BASE_URL = emulator.base_url
+        yield emulator
+
+
+@pytest.fixture
+async def quiet_agent(db) -> Agent:
+    """An agent that waits for the caller, so the stream carries only what a test sends."""
+
+    @sync_to_async
+    def create() -> Agent:
+        agent = Agent.objects.create(name="Quiet", phone_number="+14155550100", greeting="")
+        TransferTarget.objects.create(
+            agent=agent, name="reception", phone_number="+14155550199", is_default=True
+        )
+        return agent
+
+    return await create()
+
+
+@pytest.fixture
+async def stream(quiet_agent, realtime, rest):
+    call_sid, token = await answer_call()
+    twilio = TwilioTestStream(call_sid=call_sid, token=token)
+    await twilio.open()
+    await realtime.wait_for_session()
+    yield twilio
+    await twilio.disconnect()
+
+
+async def call_of(stream: TwilioTestStream) -> Call:
+    return await Call.objects.aget(sid=stream.call_sid)
+
+
+async def stream_record(stream: TwilioTestStream) -> MediaStream:
+    return await MediaStream.objects.aget(sid=stream.stream_sid)
+
+
+async def event_kinds(stream: TwilioTestStream) -> list[str]:
+    call = await call_of(stream)
+    return [kind async for kind in call.events.values_list("kind", flat=True)]
+
+
+async def stop_and_wait(stream: TwilioTestStream) -> MediaStream:
+    await stream.stop()
+    await stream.closed()
+    return await stream_record(stream)
+
+
+# --- authentication ---------------------------------------------------------------------
+
+
+async def test_a_stream_with_a_valid_token_is_recorded(stream):
+    record = await stream_record(stream)
+    assert record.status == StreamStatus.STARTED
+    assert record.custom_parameters == {"campaign": "spring"}  # the token is not kept
+    assert record.media_format == {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}
+    assert "stream_connected" in await event_kinds(stream)
+
+
+@pytest.mark.parametrize("token", [None, "", "forged-token"])
+async def test_a_stream_without_a_valid_token_is_closed_with_1008(quiet_agent, realtime, token):
+    call_sid, _ = await answer_call()
+    twilio = TwilioTestStream(call_sid=call_sid, token=token)
+    await twilio.open()
+    assert await twilio.closed() == 1008
+    events = [e async for e in CallEvent.objects.filter(kind="stream_refused")]
+    assert len(events) == 1 and events[0].data["reason"]
+    assert not await MediaStream.objects.aexists()
+
+
+async def test_a_token_for_another_call_is_refused(quiet_agent, realtime):
+    _, token = await answer_call()
+    other_sid, _ = await answer_call()
+    twilio = TwilioTestStream(call_sid=other_sid, token=token)
+    await twilio.open()
+    assert await twilio.closed() == 1008
+
+
+async def test_a_token_works_only_once(quiet_agent, realtime):
+    call_sid, token = await answer_call()
+    first = TwilioTestStream(call_sid=call_sid, token=token)
+    await first.open()
+    await realtime.wait_for_session()
+    replay = TwilioTestStream(call_sid=call_sid, token=token)
+    await replay.open()
+    assert await replay.closed() == 1008
+    assert await first.nothing_received()
+    await first.disconnect()
+
+
+async def test_an_expired_token_is_refused(quiet_agent, realtime, settings):
+    call_sid, token = await answer_call()
+    settings.STREAM_TOKEN_MAX_AGE_SECONDS = -1
+    twilio = TwilioTestStream(call_sid=call_sid, token=token)
+    await twilio.open()
+    assert await twilio.closed() == 1008
+    event = await CallEvent.objects.aget(kind="stream_refused")
+    assert event.data["reason"] == "expired stream token"
+
+
+async def test_a_wrong_upgrade_signature_is_refused(quiet_agent, realtime):
+    call_sid, token = await answer_call()
+    twilio = TwilioTestStream(
+        call_sid=call_sid, token=token, headers=upgrade_signature_headers(valid=False)
+    )
+    assert not await twilio.connect()
+
+
+async def test_a_valid_upgrade_signature_is_accepted(quiet_agent, realtime):
+    call_sid, token = await answer_call()
+    twilio = TwilioTestStream(call_sid=call_sid, token=token, headers=upgrade_signature_headers())
+    await twilio.open()
+    await realtime.wait_for_session()
+    await twilio.disconnect()
+
+
+# --- each message type ------------------------------------------------------------------
+
+
+async def test_connected_is_accepted_quietly(stream):
+    await stream.send(protocol.connected_message())
+    assert await stream.nothing_received()
+
+
+async def test_caller_audio_reaches_the_model(stream, realtime):
+    session = realtime.sessions[0]
+    await stream.media(count=25)
+    await session.wait_for(lambda: session.appended_bytes >= 25 * audio.FRAME_BYTES)
+    assert session.appended_bytes == 25 * audio.FRAME_BYTES
+
+
+async def test_counters_are_written_once_when_the_stream_ends(stream, realtime):
+    await stream.media(count=30)
+    session = realtime.sessions[0]
+    await session.wait_for(lambda: session.appended_bytes >= 30 * audio.FRAME_BYTES)
+    # No database write per frame: the record still shows nothing while the call runs.
+    assert (await stream_record(stream)).frames_in == 0
+    record = await stop_and_wait(stream)
+    assert (record.frames_in, record.bytes_in) == (30, 30 * audio.FRAME_BYTES)
+
+
+async def test_dtmf_is_counted(stream):
+    await stream.dtmf("5")
+    record = await stop_and_wait(stream)
+    assert record.dtmf_digits == 1
+
+
+async def test_a_mark_echo_is_counted(stream):
+    await services.call_play_audio(
+        call_id=str((await call_of(stream)).id), ulaw=audio.silence(100), actor="system"
+    )
+    mark = await stream.receive_event("mark")
+    await stream.mark(mark["mark"]["name"])
+    record = await stop_and_wait(stream)
+    assert (record.marks_sent, record.marks_received) == (1, 1)
+
+
+async def test_stop_ends_the_stream_without_hanging_up(stream, rest):
+    record = await stop_and_wait(stream)
+    assert record.status == StreamStatus.STOPPED and record.stopped_at is not None
+    assert rest.requests == []
+
+
+# --- bad input: logged, counted, and the stream carries on -------------------------------
+
+
+def _media_with(stream: TwilioTestStream, **changes) -> str:
+    message = json.loads(
+        protocol.inbound_media_message(
+            stream_sid=stream.stream_sid,
+            sequence_number=99,
+            chunk=99,
+            timestamp_ms=1980,
+            payload_b64="//8=",
+        )
+    )
+    message.update(changes)
+    return json.dumps(message)
+
+
+BAD_INPUTS = {
+    "not_json": lambda stream: "{not json",
+    "unknown_event": lambda stream: json.dumps({"event": "bogus", "streamSid": stream.stream_sid}),
+    "missing_field": lambda stream: _media_with(stream, media={"track": "inbound"}),
+    "wrong_stream": lambda stream: _media_with(stream, streamSid="MZ" + "0" * 32),
+    "binary": lambda stream: b"\x00\x01binary",
+    "too_large": lambda stream: json.dumps({"event": "media", "pad": "x" * 70_000}),
+}
+
+
+@pytest.mark.parametrize("reason", sorted(BAD_INPUTS))
+async def test_a_bad_message_is_counted_and_the_stream_survives(stream, realtime, reason):
+    bad = BAD_INPUTS[reason](stream)
+    if isinstance(bad, bytes):
+        await stream.communicator.send_to(bytes_data=bad)
+    else:
+        await stream.send(bad)
+    # The next good message is handled as usual.
+    await stream.media(count=3)
+    session = realtime.sessions[0]
+    await session.wait_for(lambda: session.appended_bytes >= 3 * audio.FRAME_BYTES)
+    record = await stop_and_wait(stream)
+    assert (record.bad_messages, record.frames_in) == (1, 3)
+    event = await CallEvent.objects.aget(kind="stream_bad_message")
+    assert event.data["reason"] == reason
+
+
+async def test_a_repeated_bad_message_is_logged_once_and_counted_each_time(stream):
+    for _ in range(5):
+        await stream.send("{not json")
+    record = await stop_and_wait(stream)
+    assert record.bad_messages == 5
+    assert await CallEvent.objects.filter(kind="stream_bad_message").acount() == 1
+
+
+# --- what the server sends ----------------------------------------------------------------
+
+
+async def test_an_announcement_is_sent_as_headerless_frames_closed_by_one_mark(stream, tmp_path):
+    # A WAV file, header and all, as staff might upload it: only its samples may go out.
+    wav = audio.pcm16_to_wav(audio.ulaw_to_pcm16(audio.silence(1000)), 8000)
+    call = await call_of(stream)
+    await services.call_play_audio(call_id=str(call.id), ulaw=audio.wav_to_ulaw(wav), actor="staff")
+    mark = await stream.receive_event("mark")
+    media = [m for m in stream.received if m["event"] == "media"]
+    assert len(media) == 50  # 1 s in 20 ms frames, every one checked by validate_outbound
+    assert all(len(base64.b64decode(m["media"]["payload"])) == 160 for m in media)
+    assert [m["event"] for m in stream.received].count("mark") == 1
+    assert mark["mark"]["name"]
+
+
+async def test_audio_produced_before_start_is_queued_not_sent_with_a_null_stream():
+    consumer = MediaStreamConsumer()
+    consumer.send_audio("item_1", "//8=", 2)
+    consumer.end_segment()
+    assert not consumer._outbox  # nothing can be addressed before `start` names the stream
+    consumer.stream_sid = "MZ" + "a" * 32
+    consumer._flush_before_start()
+    sent = [json.loads(text) for text in consumer._outbox]
+    assert [m["event"] for m in sent] == ["media", "mark"]
+    assert all(m["streamSid"] == consumer.stream_sid for m in sent)
+    assert all(
+        protocol.validate_outbound(text, consumer.stream_sid) is None for text in consumer._outbox
+    )
+
+
+# --- call control through the call's channel-layer group ---------------------------------
+
+
+async def test_clear_reaches_the_stream_and_is_logged(stream):
+    call = await call_of(stream)
+    await services.call_clear_audio(call_id=str(call.id), actor="staff")
+    assert (await stream.receive_event("clear")) == {
+        "event": "clear",
+        "streamSid": stream.stream_sid,
+    }
+    record = await stop_and_wait(stream)
+    assert record.clears == 1
+    assert "clear" in await event_kinds(stream)
+
+
+async def test_clear_drops_the_audio_still_playing(stream):
+    call = await call_of(stream)
+    await services.call_play_audio(call_id=str(call.id), ulaw=audio.silence(2000), actor="staff")
+    mark = await stream.receive_event("mark")
+    await services.call_clear_audio(call_id=str(call.id), actor="staff")
+    await stream.receive_event("clear")
+    # Twilio echoes the pending mark after a clear; it must not count as heard.
+    await stream.mark(mark["mark"]["name"])
+    await stream.media(count=1)
+    await stop_and_wait(stream)
+
+
+async def test_hangup_goes_to_twilio_exactly_once_and_closes_the_stream(stream, rest):
+    call = await call_of(stream)
+    results = await asyncio.gather(
+        services.call_hangup(call_id=str(call.id), actor="staff", reason=EndReason.STAFF_HANGUP),
+        services.call_hangup(call_id=str(call.id), actor="agent", reason=EndReason.AGENT_ENDED),
+    )
+    assert sorted(results) == [False, True]
+    assert len(rest.hangups(stream.call_sid)) == 1
+    assert await stream.closed() == 1000
+    call = await call_of(stream)
+    assert call.end_reason in {EndReason.STAFF_HANGUP, EndReason.AGENT_ENDED}
+    kinds = await event_kinds(stream)
+    assert kinds.count("hangup") == 1 and kinds.count("hangup_skipped") == 1
+
+
+async def test_a_hangup_after_the_caller_left_counts_as_done(stream, rest):
+    rest.fail_next("POST", status=404, code=20404, message="The requested resource was not found")
+    call = await call_of(stream)
+    assert await services.call_hangup(
+        call_id=str(call.id), actor="staff", reason=EndReason.STAFF_HANGUP
+    )
+    assert await stream.closed() == 1000
+
+
+async def test_a_failed_hangup_is_reported_and_can_be_retried(stream, rest):
+    rest.fail_next("POST", status=500, code=20500, message="Internal Server Error")
+    call = await call_of(stream)
+    with pytest.raises(services.CallControlError, match="Hang-up failed"):
+        await services.call_hangup(call_id=str(call.id), actor="staff", reason="staff_hangup")
+    assert await stream.nothing_received()
+    assert await services.call_hangup(call_id=str(call.id), actor="staff", reason="staff_hangup")
+    assert await stream.closed() == 1000
+    kinds = await event_kinds(stream)
+    assert kinds.index("hangup_failed") < len(kinds) - 1
+
+
+async def test_transfer_dials_the_target_and_the_following_stop_is_not_a_hangup(stream, rest):
+    call = await call_of(stream)
+    target = await services.call_transfer(call_id=str(call.id), actor="staff")
+    assert target.name == "reception"
+    [update] = rest.twiml_updates(stream.call_sid)
+    assert update.dial_numbers == ["+14155550199"]
+    # Twilio replaces the TwiML and ends the stream itself.
+    await stop_and_wait(stream)
+    assert rest.hangups() == []
+    call = await call_of(stream)
+    assert (call.end_reason, call.transferred_to) == (EndReason.TRANSFERRED, "+14155550199")
+    assert "transfer" in await event_kinds(stream)
+
+
+async def test_a_failed_transfer_is_reported_and_the_call_carries_on(stream, rest):
+    rest.fail_next("POST", status=400, code=21220, message="Call is not in-progress")
+    call = await call_of(stream)
+    with pytest.raises(services.CallControlError, match="Transfer to reception failed"):
+        await services.call_transfer(call_id=str(call.id), actor="staff")
+    assert await stream.nothing_received()
+    call = await call_of(stream)
+    assert call.end_reason == "" and call.transferred_to == ""
+    assert "transfer_failed" in await event_kinds(stream)
+
+
+async def test_a_transfer_to_an_unknown_target_is_refused(stream, rest):
+    call = await call_of(stream)
+    with pytest.raises(services.CallControlError, match="no “sales”"):
+        await services.call_transfer(call_id=str(call.id), actor="staff", target_name="sales")
+    assert rest.requests == []
+
+
+async def test_actions_on_a_finished_call_are_refused(stream):
+    await stop_and_wait(stream)
+    await Call.objects.filter(sid=stream.call_sid).aupdate(status="completed")
+    call = await call_of(stream)
+    with pytest.raises(services.CallControlError, match="already ended"):
+        await services.call_clear_audio(call_id=str(call.id), actor="staff")

@@ -1,0 +1,32 @@
+"""ASGI entry point: HTTP goes to Django, WebSockets through Channels.
+
+Twilio's media stream is not a browser, sends no Origin and has no session, so it is
+authenticated by signature and stream token inside its consumer. The staff socket is a
+browser's: it gets the allowed-hosts origin check and session authentication.
+"""
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "voicebot.settings")
+django_asgi_app = get_asgi_application()
+
+from channels.auth import AuthMiddlewareStack  # noqa: E402  (needs Django set up first)
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from django.urls import path  # noqa: E402
+
+from calls.consumers import LiveCallsConsumer, MediaStreamConsumer  # noqa: E402
+
+websocket_routes = URLRouter(
+    [
+        path("twilio/stream", MediaStreamConsumer.as_asgi()),
+        path(
+            "ws/calls/live",
+            AllowedHostsOriginValidator(AuthMiddlewareStack(LiveCallsConsumer.as_asgi())),
+        ),
+    ]
+)
+
+application = ProtocolTypeRouter({"http": django_asgi_app, "websocket": websocket_routes})
