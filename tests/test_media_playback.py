@@ -1,6 +1,6 @@
 import pytest
 
-from calls.media.playback import PlaybackTracker, Segment
+from calls.media.playback import UNMARKED_SLACK_MS, PlaybackTracker, Segment
 
 # 8 bytes of mu-law per ms: these helpers keep the arithmetic in the tests readable.
 
@@ -269,12 +269,22 @@ def test_audio_is_audible_until_its_mark_echoes():
     assert not tracker.is_audible(500)
 
 
-def test_audio_without_a_mark_is_audible_until_its_estimated_end():
+def test_audio_without_a_mark_is_audible_until_shortly_after_its_estimated_end():
     tracker = PlaybackTracker()
     tracker.audio_sent("a", ms(100), now_ms=0)
 
     assert tracker.is_audible(99)
-    assert not tracker.is_audible(100)
+    assert tracker.is_audible(100 + UNMARKED_SLACK_MS - 1)
+    assert not tracker.is_audible(100 + UNMARKED_SLACK_MS)
+
+
+def test_audio_streamed_at_real_time_stays_audible_between_deltas():
+    # The model sends 20 ms deltas at the pace they play; the stream clock we see can run a
+    # step or two ahead of the estimated end. The agent is still talking.
+    tracker = PlaybackTracker()
+    for step in range(10):
+        tracker.audio_sent("a", ms(20), now_ms=step * 20)
+    assert tracker.is_audible(200 + 40)
 
 
 def test_nothing_is_audible_after_a_clear():

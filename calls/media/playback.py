@@ -11,6 +11,9 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+# How long after its estimated end unmarked audio still counts as playing (see is_audible).
+UNMARKED_SLACK_MS = 200
+
 
 @dataclass(slots=True)
 class Segment:
@@ -146,11 +149,18 @@ class PlaybackTracker:
         """Is our audio believed to be playing now?
 
         Until a segment's mark echoes it counts as playing; audio whose mark is not
-        sent yet has no echo coming, so for it the timeline estimate decides.
+        sent yet has no echo coming, so for it the timeline estimate decides, with
+        UNMARKED_SLACK_MS of margin: a model streaming at about real time keeps the
+        estimated end close to "now", and the stream clock reaches us late and in
+        20 ms steps, so without margin the agent would seem silent between deltas.
         """
         if self._pending:
             return True
-        return self._open is not None and self._end_ms is not None and self._end_ms > now_ms
+        return (
+            self._open is not None
+            and self._end_ms is not None
+            and self._end_ms + UNMARKED_SLACK_MS > now_ms
+        )
 
     @property
     def all_played(self) -> bool:

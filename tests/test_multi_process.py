@@ -1,0 +1,173 @@
+"""Call control reaches the process that holds the stream, through Redis.
+
+Two daphne processes share a real redis-server and the database. Twilio's stream is held
+by process A; a staff user signed in to process B hangs up and clears. Everything that
+crosses between them goes through channels-redis (msgpack), as in production.
+"""
+
+import asyncio
+import json
+import re
+import xml.etree.ElementTree as ET
+
+import aiohttp
+import pytest
+from asgiref.sync import sync_to_async
+from django.contrib.auth.hashers import PBKDF2PasswordHasher
+from django.contrib.auth.models import Permission, User
+
+from agents.models import Agent
+from calls import security
+from calls.models import Call
+from calls.simulator.rest import TwilioRestEmulator
+from calls.simulator.stream import TwilioStreamClient
+from tests.peers.realtime import FakeRealtimeServer, Reply
+
+from .servers import daphne
+from .twilio_helpers import ACCOUNT_SID, incoming_params, new_call_sid
+
+pytestmark = [pytest.mark.redis, pytest.mark.django_db(transaction=True)]
+
+PUBLIC_ORIGIN = "https://voicebot.example.com"
+
+
+@sync_to_async
+def create_world() -> None:
+    Agent.objects.create(
+        name="Greeter",
+        phone_number="+14155550100",
+        greeting="Hello and welcome, this greeting is long enough to be interrupted.",
+    )
+    # Hashed as the servers (production settings) hash, not with the suite's fast hasher.
+    hasher = PBKDF2PasswordHasher()
+    password = hasher.encode("operator-password", hasher.salt(), iterations=1000)
+    staff = User.objects.create(username="operator", password=password, is_staff=True)
+    codenames = ["view_call", "hangup_call", "clear_audio"]
+    staff.user_permissions.set(Permission.objects.filter(codename__in=codenames))
+
+
+class StaffBrowser:
+    """A staff member's HTTP session with a server, signed in through the admin login."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        # The server sets Secure cookies (production settings) and sits behind a TLS
+        # proxy in real life: say so with X-Forwarded-Proto and carry cookies by hand.
+        self.http = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
+        self.cookies: dict[str, str] = {}
+
+    def _headers(self, **extra: str) -> dict[str, str]:
+        cookie = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
+        return {"X-Forwarded-Proto": "https", "Cookie": cookie, **extra}
+
+    def _keep_cookies(self, response: aiohttp.ClientResponse) -> None:
+        for name, morsel in response.cookies.items():
+            self.cookies[name] = morsel.value
+
+    async def login(self, username: str, password: str) -> None:
+        async with self.http.get(f"{self.base_url}/admin/login/", headers=self._headers()) as page:
+            self._keep_cookies(page)
+            html = await page.text()
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', html).group(1)
+        form = {
+            "username": username,
+            "password": password,
+            "csrfmiddlewaretoken": token,
+            "next": "/admin/",
+        }
+        async with self.http.post(
+            f"{self.base_url}/admin/login/",
+            data=form,
+            allow_redirects=False,
+            headers=self._headers(Referer=f"{PUBLIC_ORIGIN}/admin/login/", Origin=PUBLIC_ORIGIN),
+        ) as response:
+            assert response.status == 302, await response.text()
+            self._keep_cookies(response)
+
+    async def act(self, call_id: str, action: str) -> dict:
+        async with self.http.post(
+            f"{self.base_url}/admin/calls/call/{call_id}/{action}/",
+            headers=self._headers(
+                Accept="application/json",
+                Origin=PUBLIC_ORIGIN,
+                Referer=f"{PUBLIC_ORIGIN}/admin/calls/call/live/",
+                **{"X-CSRFToken": self.cookies["csrftoken"]},
+            ),
+        ) as response:
+            body = await response.json()
+            assert response.status == 200, body
+            return body
+
+    async def close(self) -> None:
+        await self.http.close()
+
+
+async def answer(base_url: str, call_sid: str) -> str:
+    """Twilio's signed voice webhook to `base_url`; returns the stream token."""
+    params = incoming_params(call_sid, "+14155550100")
+    signature = security.compute_signature(security.public_url("/twilio/voice/incoming"), params)
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            f"{base_url}/twilio/voice/incoming",
+            data=params,
+            headers={"X-Twilio-Signature": signature, "X-Forwarded-Proto": "https"},
+        ) as response:
+            assert response.status == 200, await response.text()
+            document = await response.text()
+    return ET.fromstring(document).find("./Connect/Stream/Parameter").get("value")
+
+
+async def test_hangup_and_clear_from_another_process_reach_the_stream(redis_url, tmp_path):
+    await create_world()
+    greeting = Reply(transcript="Hello and welcome.", audio_ms=4000)
+    async with FakeRealtimeServer(default_reply=greeting) as realtime, TwilioRestEmulator() as rest:
+        peers = {
+            "REDIS_URL": redis_url,
+            "OPENAI_REALTIME_URL": realtime.url,
+            "TWILIO_API_BASE_URL": rest.base_url,
+        }
+        with (
+            daphne(tmp_path / "a.log", **peers) as server_a,
+            daphne(tmp_path / "b.log", **peers) as server_b,
+        ):
+            call_sid = new_call_sid()
+            token = await answer(server_a, call_sid)
+            client = TwilioStreamClient(
+                server_a.replace("http", "ws") + "/twilio/stream",
+                call_sid=call_sid,
+                account_sid=ACCOUNT_SID,
+                custom_parameters={"token": token},
+            )
+            staff = StaffBrowser(server_b)
+            try:
+                await client.start()
+                # The greeting is playing in the caller's ear, sent by process A.
+                await client.wait_for(lambda: client.media_received >= 25, timeout=10)
+                await staff.login("operator", "operator-password")
+                call = await Call.objects.aget(sid=call_sid)
+
+                cleared = await staff.act(str(call.id), "clear")
+                assert cleared["ok"] is True
+                await client.wait_for(lambda: client.clears, timeout=5, what="a clear")
+                # A staff clear is a barge-in: the rest of the greeting is not sent either.
+                after_clear = client.media_received
+                await asyncio.sleep(0.5)
+                assert client.media_received - after_clear <= 5
+
+                hung_up = await staff.act(str(call.id), "hangup")
+                assert hung_up == {"ok": True, "message": "Hung up."}
+                await client.wait_closed(timeout=5)
+                assert client.closed_by_server
+                assert [r.call_sid for r in rest.hangups()] == [call_sid]
+            except Exception:
+                for name in ("a.log", "b.log"):
+                    print(f"--- daphne {name}\n" + (tmp_path / name).read_text()[-4000:])
+                raise
+            finally:
+                await staff.close()
+                await client.aclose()
+    call = await Call.objects.aget(sid=call_sid)
+    kinds = [e async for e in call.events.values_list("kind", "user__username")]
+    assert ("clear", "operator") in kinds and ("hangup", "operator") in kinds
+    assert call.end_reason == "staff_hangup"
+    assert json.dumps(kinds)  # the log itself is plain data
