@@ -6,7 +6,6 @@ crosses between them goes through channels-redis (msgpack), as in production.
 """
 
 import asyncio
-import json
 import re
 import xml.etree.ElementTree as ET
 
@@ -170,4 +169,3 @@ async def test_hangup_and_clear_from_another_process_reach_the_stream(redis_url,
     kinds = [e async for e in call.events.values_list("kind", "user__username")]
     assert ("clear", "operator") in kinds and ("hangup", "operator") in kinds
     assert call.end_reason == "staff_hangup"
-    assert json.dumps(kinds)  # the log itself is plain data
