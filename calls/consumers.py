@@ -56,6 +56,7 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
         self._bad_reasons: set[str] = set()
         self._transferring = False
         self._ended = False
+        self._socket_closed = False
 
     # --- channels plumbing ----------------------------------------------------------------
 
@@ -82,15 +83,16 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
         self._writer = asyncio.create_task(self._write_outbox())
 
     async def disconnect(self, code: int) -> None:
+        self._socket_closed = True
         try:
             await self._end("socket closed")
         finally:
             if self.group:
                 await self.channel_layer.group_discard(self.group, self.channel_name)
-            if self._writer:
-                self._writer.cancel()
-            for task in list(self._tasks):
+            pending = [task for task in (self._writer, *self._tasks) if task is not None]
+            for task in pending:
                 task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
     # --- messages from Twilio ---------------------------------------------------------------
 
@@ -125,7 +127,7 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
                 self._spawn(self.session.dtmf(event.digit))
         elif type(event) is protocol.Stop:
             await self._end("transferred" if self._transferring else "stop")
-            await self.close()
+            await self.close_stream()
 
     async def _start(self, event: protocol.Start) -> None:
         if self.stream_sid is not None:
@@ -250,7 +252,14 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
 
     async def close_stream(self, code: int = 1000) -> None:
         await self._end("closed by us")
-        await self.close(code=code)
+        if self._socket_closed:
+            return  # the caller hung up, or a hang-up's call.close got here first
+        self._socket_closed = True
+        try:
+            await self.close(code=code)
+        except Exception:
+            # The server may find the peer already gone; there is nothing left to close.
+            logger.debug("Call %s: socket already gone when closing", self.call_sid)
 
     def _post(self, text: str) -> None:
         self._outbox.append(text)
@@ -266,11 +275,18 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
 
     async def _write_outbox(self) -> None:
         outbox, ready, send = self._outbox, self._outbox_ready, self.base_send
-        while True:
-            await ready.wait()
-            ready.clear()
-            while outbox:
-                await send({"type": "websocket.send", "text": outbox.popleft()})
+        try:
+            while True:
+                await ready.wait()
+                ready.clear()
+                while outbox:
+                    await send({"type": "websocket.send", "text": outbox.popleft()})
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The peer went away mid-write (servers raise their own disconnect errors);
+            # the disconnect handler ends the call.
+            logger.debug("Call %s: stream gone while writing", self.call_sid)
 
     def _resolve_waiters(self, played: bool) -> None:
         waiters, self._waiters = self._waiters, []
@@ -351,7 +367,9 @@ def _may_watch(user: Any) -> bool:
     )
 
 
-# A snapshot carries this much of each call's log; deltas add to it as it grows.
+# A snapshot carries the end of each call's transcript and log (the call's page has all of
+# it); deltas add to them as they grow.
+SNAPSHOT_TRANSCRIPT_LINES = 100
 SNAPSHOT_RECENT_EVENTS = 6
 
 
@@ -374,7 +392,10 @@ def _snapshot() -> dict[str, Any]:
         )
         .order_by("created_at")[:200]
     )
-    targets: dict[str, list[dict[str, Any]]] = {}
+    # Every agent of a live call has an entry, so the page knows "none" from "not sent".
+    targets: dict[str, list[dict[str, Any]]] = {
+        str(call.agent_id): [] for call in calls if call.agent_id is not None
+    }
     for target in TransferTarget.objects.order_by("agent_id", "-is_default", "name"):
         targets.setdefault(str(target.agent_id), []).append(
             {
@@ -389,7 +410,10 @@ def _snapshot() -> dict[str, Any]:
         "calls": [
             {
                 **services.call_summary(call),
-                "transcript": [services.transcript_summary(e) for e in call.transcript.all()],
+                "transcript": [
+                    services.transcript_summary(entry)
+                    for entry in list(call.transcript.all())[-SNAPSHOT_TRANSCRIPT_LINES:]
+                ],
                 "events": [
                     _event_summary(event)
                     for event in list(call.events.all())[-SNAPSHOT_RECENT_EVENTS:]
