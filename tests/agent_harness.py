@@ -1,0 +1,254 @@
+"""Whole calls against the real ASGI app: Twilio's side, the model's side, and our server.
+
+- Our server: `voicebot.asgi.application` served by uvicorn on a background thread of the
+  test process, on loopback. Being in-process, it shares the test's settings (so fixtures
+  can point it at the local peers) and the test database, which is a file for this reason
+  (voicebot/test_settings.py); tests that use it run with `django_db(transaction=True)`.
+- Twilio: `TwilioStreamClient` (real-time audio both ways, marks echoed as played) and the
+  `TwilioRestEmulator`, which ends the stream when a transfer replaces the TwiML, as Twilio
+  does.
+- The model: `FakeRealtimeServer`, the GA protocol on loopback.
+
+A call starts as Twilio starts one: a signed POST to the voice webhook, then the stream with
+the token from the TwiML.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import pytest
+import uvicorn
+from asgiref.sync import sync_to_async
+
+from agents.models import Agent, TransferTarget
+from calls import security
+from calls.models import Call, CallEvent, MediaStream, TranscriptEntry
+from calls.simulator.rest import TwilioRestEmulator
+from calls.simulator.stream import TwilioStreamClient
+from tests.peers.realtime import FakeRealtimeServer, FakeSession, Reply
+
+from .twilio_helpers import ACCOUNT_SID, incoming_params, new_call_sid
+
+AGENT_NUMBER = "+14155550100"
+RECEPTION_NUMBER = "+14155550199"
+SALES_NUMBER = "+14155550188"
+
+
+class AsgiServer:
+    """uvicorn serving the project on 127.0.0.1 from a daemon thread."""
+
+    def __init__(self) -> None:
+        from voicebot.asgi import application
+
+        self.socket = socket.socket()
+        self.socket.bind(("127.0.0.1", 0))
+        self.port = self.socket.getsockname()[1]
+        config = uvicorn.Config(
+            application,
+            lifespan="off",
+            log_config=None,  # keep the test process's logging as pytest set it up
+            access_log=False,
+            ws_per_message_deflate=False,
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True
+        )
+
+    def start(self) -> None:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+        self.socket.close()
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def stream_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/twilio/stream"
+
+
+@pytest.fixture(scope="session")
+def asgi_server() -> Iterator[AsgiServer]:
+    server = AsgiServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def realtime(settings) -> Any:
+    """The fake model; by default it answers nothing (tests script every reply)."""
+    async with FakeRealtimeServer(default_reply=Reply(transcript="", audio_ms=0)) as server:
+        settings.OPENAI_REALTIME_URL = server.url
+        yield server
+
+
+@pytest.fixture
+async def rest(settings) -> Any:
+    async with TwilioRestEmulator() as emulator:
+        settings.TWILIO_API_BASE_URL = emulator.base_url
+        yield emulator
+
+
+@sync_to_async
+def make_agent(
+    *,
+    greeting: str = "",
+    targets: tuple[tuple[str, str, bool], ...] = (("reception", RECEPTION_NUMBER, True),),
+    **fields: Any,
+) -> Agent:
+    """An agent answering AGENT_NUMBER. Limits are set with update() to allow tiny values."""
+    agent = Agent.objects.create(name="Front desk", phone_number=AGENT_NUMBER, greeting=greeting)
+    for name, number, is_default in targets:
+        TransferTarget.objects.create(
+            agent=agent,
+            name=name,
+            phone_number=number,
+            is_default=is_default,
+            description=f"The {name} team",
+        )
+    if fields:
+        Agent.objects.filter(pk=agent.pk).update(**fields)
+        agent.refresh_from_db()
+    return agent
+
+
+@dataclass
+class LiveCall:
+    """One call in progress: the Twilio side, the model side, and a timeline of events."""
+
+    call_sid: str
+    twilio: TwilioStreamClient
+    rest: TwilioRestEmulator
+    model: FakeSession | None = None
+    # (loop time, kind, detail) for everything the Twilio client saw.
+    timeline: list[tuple[float, str, dict[str, Any]]] = field(default_factory=list)
+
+    def on_event(self, kind: str, detail: dict[str, Any]) -> None:
+        self.timeline.append((asyncio.get_running_loop().time(), kind, detail))
+
+    def first(self, kind: str, predicate: Callable[[dict], bool] = lambda d: True) -> float:
+        return next(t for t, k, d in self.timeline if k == kind and predicate(d))
+
+    def last(self, kind: str, predicate: Callable[[dict], bool] = lambda d: True) -> float:
+        return max(t for t, k, d in self.timeline if k == kind and predicate(d))
+
+    @property
+    def played_ms(self) -> float:
+        return len(self.twilio.played) / 8
+
+    async def played_at_least(self, ms: float, timeout: float = 5.0) -> None:
+        await self.twilio.wait_for(lambda: self.played_ms >= ms, timeout, f"{ms} ms played")
+
+    async def call(self) -> Call:
+        return await Call.objects.aget(sid=self.call_sid)
+
+    async def events(self, kind: str | None = None) -> list[CallEvent]:
+        query = CallEvent.objects.filter(call__sid=self.call_sid)
+        if kind is not None:
+            query = query.filter(kind=kind)
+        return [event async for event in query.order_by("created_at", "id")]
+
+    async def transcript(self) -> list[TranscriptEntry]:
+        query = TranscriptEntry.objects.filter(call__sid=self.call_sid).order_by("offset_ms", "id")
+        return [entry async for entry in query]
+
+    async def wait_until(
+        self, predicate: Callable[[], Any], timeout: float = 5.0, what: str = ""
+    ) -> Any:
+        """Poll an async or sync predicate (e.g. a database query) until it is truthy."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            result = predicate()
+            if asyncio.iscoroutine(result):
+                result = await result
+            if result:
+                return result
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"not true after {timeout}s: {what or predicate}")
+            await asyncio.sleep(0.02)
+
+    async def ended(self, timeout: float = 10.0) -> MediaStream:
+        """Wait until our server has finished with the stream (session stopped, counters in)."""
+
+        async def stopped() -> MediaStream | None:
+            return await MediaStream.objects.filter(
+                sid=self.twilio.stream_sid, stopped_at__isnull=False
+            ).afirst()
+
+        return await self.wait_until(stopped, timeout, "stream record closed")
+
+
+async def answer(server: AsgiServer, call_sid: str, to: str = AGENT_NUMBER) -> str:
+    """POST the voice webhook as Twilio does (signed); return the stream token from the TwiML."""
+    path = "/twilio/voice/incoming"
+    params = incoming_params(call_sid, to)
+    signature = security.compute_signature(security.public_url(path), params)
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            server.http_url + path,
+            data=params,
+            headers={security.SIGNATURE_HEADER: signature},
+        ) as response,
+    ):
+        assert response.status == 200, await response.text()
+        document = await response.text()
+    parameter = ET.fromstring(document).find("./Connect/Stream/Parameter[@name='token']")
+    assert parameter is not None, document
+    return parameter.get("value")
+
+
+async def start_call(
+    server: AsgiServer,
+    rest: TwilioRestEmulator,
+    realtime: FakeRealtimeServer | None,
+    *,
+    transfer_ends_stream: bool = True,
+) -> LiveCall:
+    """Answer a call and open its stream; wait for the model connection if there is one."""
+    call_sid = new_call_sid()
+    token = await answer(server, call_sid)
+    live = LiveCall(call_sid=call_sid, twilio=None, rest=rest)  # type: ignore[arg-type]
+    live.twilio = TwilioStreamClient(
+        server.stream_url,
+        call_sid=call_sid,
+        account_sid=ACCOUNT_SID,
+        custom_parameters={"token": token},
+        on_event=live.on_event,
+    )
+    rest.register_call(call_sid, account_sid=ACCOUNT_SID, to=AGENT_NUMBER)
+    if transfer_ends_stream:
+        # Twilio ends the stream once the call's TwiML is replaced by the <Dial>.
+        rest.on_twiml = lambda sid, twiml: live.twilio.stop() if sid == call_sid else None
+    await live.twilio.start()
+    if realtime is not None:
+        live.model = await realtime.wait_for_session()
+    return live
+
+
+async def finish(live: LiveCall) -> None:
+    """Hang up as the caller if the call is still up, and wait for the server to finish."""
+    if not live.twilio.closed:
+        await live.twilio.stop()
+    await live.ended()
+    await live.twilio.aclose()
