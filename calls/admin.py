@@ -1,46 +1,10 @@
-from django.contrib import admin
+from collections.abc import Callable
 
-from .models import Call, CallEvent, MediaStream, TranscriptEntry
+from django.contrib import admin, messages
+from django.urls import URLPattern, path
 
-
-class ReadOnlyInline(admin.TabularInline):
-    """Calls are written only by services; the admin shows what happened."""
-
-    extra = 0
-    can_delete = False
-    show_change_link = False
-
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-
-class TranscriptInline(ReadOnlyInline):
-    model = TranscriptEntry
-    fields = ["offset_ms", "speaker", "text", "interrupted", "heard_ms"]
-
-
-class EventInline(ReadOnlyInline):
-    model = CallEvent
-    fields = ["created_at", "kind", "actor", "user", "data"]
-
-
-class StreamInline(ReadOnlyInline):
-    model = MediaStream
-    fields = [
-        "sid",
-        "status",
-        "started_at",
-        "stopped_at",
-        "frames_in",
-        "frames_out",
-        "marks_sent",
-        "marks_received",
-        "clears",
-        "bad_messages",
-    ]
+from . import admin_views
+from .models import LIVE_STATUSES, Call, CallEvent
 
 
 @admin.register(Call)
@@ -60,13 +24,53 @@ class CallAdmin(admin.ModelAdmin):
     search_fields = ["sid", "from_number", "to_number"]
     date_hierarchy = "created_at"
     list_select_related = ["agent"]
-    inlines = [StreamInline, TranscriptInline, EventInline]
+    actions = ["hang_up_selected", "export_transcripts"]
+
+    def get_urls(self) -> list:
+        def route(pattern: str, view: Callable, name: str) -> URLPattern:
+            wrapped = self.admin_site.admin_view(view)
+            return path(pattern, wrapped, {"model_admin": self}, name=f"calls_call_{name}")
+
+        # Ahead of the admin's own patterns, whose "<object_id>/" would swallow "live/".
+        return [
+            route("live/", admin_views.live, "live"),
+            route("place/", admin_views.place, "place"),
+            route("<uuid:call_id>/hangup/", admin_views.hangup, "hangup"),
+            route("<uuid:call_id>/clear/", admin_views.clear, "clear"),
+            route("<uuid:call_id>/transfer/", admin_views.transfer, "transfer"),
+            route("<uuid:call_id>/say/", admin_views.say, "say"),
+            *super().get_urls(),
+        ]
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        # Calls are written only by services: their page shows what happened, and steers.
+        return admin_views.detail(request, object_id, model_admin=self)
 
     def has_add_permission(self, request) -> bool:
         return False
 
     def has_change_permission(self, request, obj=None) -> bool:
         return False
+
+    def has_hangup_permission(self, request) -> bool:
+        return request.user.has_perm("calls.hangup_call")
+
+    @admin.action(description="Hang up the selected calls", permissions=["hangup"])
+    def hang_up_selected(self, request, queryset) -> None:
+        total = queryset.count()
+        hung_up, _, errors = admin_views.hang_up_calls(
+            queryset.filter(status__in=LIVE_STATUSES), request.user
+        )
+        message = f"Hung up {hung_up} of the {total} selected calls."
+        if over := total - hung_up - len(errors):
+            message += f" {over} {'was' if over == 1 else 'were'} already over."
+        self.message_user(request, message, messages.SUCCESS if hung_up else messages.WARNING)
+        for error in errors:
+            self.message_user(request, error, messages.ERROR)
+
+    @admin.action(description="Export the transcripts of the selected calls (CSV)")
+    def export_transcripts(self, request, queryset):
+        return admin_views.transcripts_csv(queryset)
 
 
 @admin.register(CallEvent)

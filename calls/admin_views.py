@@ -1,0 +1,365 @@
+"""The staff console: the live dashboard, the actions on a live call, a call's detail page,
+placing a call, and the changelist's bulk actions.
+
+The views are mounted under the Call admin (`CallAdmin.get_urls`), which passes itself as
+`model_admin`. An action view checks its own permission, calls one service and reports the
+outcome: as JSON to the live page's fetch(), or as an admin message and a redirect when it
+was a plain form post (the detail page works without JavaScript).
+"""
+
+import asyncio
+import csv
+import re
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from django.contrib import messages
+from django.contrib.admin import ModelAdmin
+from django.contrib.admin.utils import unquote
+from django.core.exceptions import PermissionDenied
+from django.db.models import QuerySet
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_POST
+
+from agents.models import TransferTarget
+
+from . import services
+from .forms import PlaceCallForm, SayForm, TransferForm
+from .models import Actor, Call, EndReason, StreamStatus, TranscriptEntry
+
+LIVE_SOCKET_PATH = "/ws/calls/live"
+# Stands for a call's id in the URL templates handed to the live page's script.
+PLACEHOLDER_ID = uuid.UUID(int=0)
+
+ACTION_PERMISSIONS = {
+    "hangup": "calls.hangup_call",
+    "clear": "calls.clear_audio",
+    "transfer": "calls.transfer_call",
+    "say": "calls.say_on_call",
+}
+REFUSALS = {
+    "hangup": "You do not have permission to hang up calls.",
+    "clear": "You do not have permission to clear a call's audio.",
+    "transfer": "You do not have permission to transfer calls.",
+    "say": "You do not have permission to make the agent speak.",
+}
+
+
+def allowed_actions(user: Any) -> dict[str, bool]:
+    return {action: user.has_perm(permission) for action, permission in ACTION_PERMISSIONS.items()}
+
+
+# --- the live dashboard ---------------------------------------------------------------------
+
+
+def live(request: HttpRequest, model_admin: ModelAdmin) -> HttpResponse:
+    if not model_admin.has_view_permission(request):
+        raise PermissionDenied
+    url_names = {**{action: action for action in ACTION_PERMISSIONS}, "detail": "change"}
+    config = {
+        "socketPath": LIVE_SOCKET_PATH,
+        "placeholder": str(PLACEHOLDER_ID),
+        "urls": {
+            key: reverse(f"admin:calls_call_{name}", args=[PLACEHOLDER_ID])
+            for key, name in url_names.items()
+        },
+        "can": allowed_actions(request.user),
+    }
+    context = {
+        **model_admin.admin_site.each_context(request),
+        "opts": Call._meta,
+        "title": "Live calls",
+        "config": config,
+        "can_place": request.user.has_perm("calls.place_call"),
+    }
+    return TemplateResponse(request, "admin/calls/call/live.html", context)
+
+
+# --- actions on a live call -----------------------------------------------------------------
+
+
+@require_POST
+def hangup(request: HttpRequest, call_id: uuid.UUID, model_admin: ModelAdmin) -> HttpResponse:
+    def act() -> str:
+        ended = async_to_sync(services.call_hangup)(
+            call_id=str(call_id),
+            actor=Actor.STAFF,
+            reason=EndReason.STAFF_HANGUP,
+            user=request.user,
+        )
+        return "Hung up." if ended else "The call had already ended or was being hung up."
+
+    return _perform(request, call_id, "hangup", act)
+
+
+@require_POST
+def clear(request: HttpRequest, call_id: uuid.UUID, model_admin: ModelAdmin) -> HttpResponse:
+    def act() -> str:
+        async_to_sync(services.call_clear_audio)(
+            call_id=str(call_id), actor=Actor.STAFF, user=request.user
+        )
+        return "Cleared the audio that was playing."
+
+    return _perform(request, call_id, "clear", act)
+
+
+@require_POST
+def transfer(request: HttpRequest, call_id: uuid.UUID, model_admin: ModelAdmin) -> HttpResponse:
+    def act() -> str:
+        form = _valid(TransferForm(request.POST))
+        target = async_to_sync(services.call_transfer)(
+            call_id=str(call_id),
+            actor=Actor.STAFF,
+            target_name=form.cleaned_data["target"] or None,
+            user=request.user,
+            reason="staff transfer from the admin",
+        )
+        return f"Transferred to {target.name} ({target.phone_number})."
+
+    return _perform(request, call_id, "transfer", act)
+
+
+@require_POST
+def say(request: HttpRequest, call_id: uuid.UUID, model_admin: ModelAdmin) -> HttpResponse:
+    def act() -> str:
+        text = _valid(SayForm(request.POST)).cleaned_data["text"]
+        async_to_sync(services.call_say)(
+            call_id=str(call_id), text=text, actor=Actor.STAFF, user=request.user
+        )
+        return f"The agent will say: “{text}”"
+
+    return _perform(request, call_id, "say", act)
+
+
+def _valid(form: Any) -> Any:
+    if not form.is_valid():
+        first = next(iter(form.errors.values()))[0]
+        raise services.CallControlError(first)
+    return form
+
+
+def _perform(
+    request: HttpRequest, call_id: uuid.UUID, action: str, act: Callable[[], str]
+) -> HttpResponse:
+    if not request.user.has_perm(ACTION_PERMISSIONS[action]):
+        if _wants_json(request):
+            return JsonResponse({"ok": False, "message": REFUSALS[action]}, status=403)
+        raise PermissionDenied(REFUSALS[action])
+    try:
+        message = act()
+    except services.CallControlError as error:
+        return _outcome(request, call_id, str(error), ok=False)
+    return _outcome(request, call_id, message, ok=True)
+
+
+def _outcome(request: HttpRequest, call_id: uuid.UUID, message: str, *, ok: bool) -> HttpResponse:
+    if _wants_json(request):
+        return JsonResponse({"ok": ok, "message": message}, status=200 if ok else 409)
+    (messages.success if ok else messages.error)(request, message)
+    back = request.POST.get("next", "")
+    if url_has_allowed_host_and_scheme(
+        back, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        return redirect(back)
+    return redirect("admin:calls_call_change", call_id)
+
+
+def _wants_json(request: HttpRequest) -> bool:
+    return request.headers.get("Accept", "").startswith("application/json")
+
+
+# --- call out -------------------------------------------------------------------------------
+
+
+def place(request: HttpRequest, model_admin: ModelAdmin) -> HttpResponse:
+    if not request.user.has_perm("calls.place_call"):
+        raise PermissionDenied
+    form = PlaceCallForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        agent, number = form.cleaned_data["agent"], form.cleaned_data["to_number"]
+        try:
+            call = async_to_sync(services.call_place_outbound)(
+                agent=agent, to_number=number, user=request.user
+            )
+        except services.CallControlError as error:
+            form.add_error(None, str(error))
+        else:
+            messages.success(request, f"{agent.name} is calling {number} ({call.sid}).")
+            return redirect("admin:calls_call_live")
+    context = {
+        **model_admin.admin_site.each_context(request),
+        "opts": Call._meta,
+        "title": "Call out",
+        "form": form,
+    }
+    return TemplateResponse(request, "admin/calls/call/place.html", context)
+
+
+# --- a call's page --------------------------------------------------------------------------
+
+
+def detail(request: HttpRequest, object_id: str, model_admin: ModelAdmin) -> HttpResponse:
+    call = model_admin.get_object(request, unquote(object_id))
+    if call is None:
+        raise Http404(f"No call with the id “{object_id}”; perhaps it was deleted.")
+    if not model_admin.has_view_permission(request, call):
+        raise PermissionDenied
+    can = allowed_actions(request.user) if call.is_live else {}
+    events = call.events.select_related("user")
+    streams = list(call.streams.order_by("started_at"))
+    context = {
+        **model_admin.admin_site.each_context(request),
+        "opts": Call._meta,
+        "original": call,
+        "title": f"Call {call.sid}",
+        "call": call,
+        "duration": duration_label(call),
+        "transcript": [
+            (line, offset_label(line.offset_ms), seconds_label(line.heard_ms))
+            for line in call.transcript.all()
+        ],
+        "events": [(event, event_label(event.kind), event_details(event.data)) for event in events],
+        "streams": streams,
+        "streams_running": any(stream.status == StreamStatus.STARTED for stream in streams),
+        "can": can,
+        "has_actions": any(can.values()),
+        "targets": TransferTarget.objects.filter(agent_id=call.agent_id),
+        "has_delete_permission": model_admin.has_delete_permission(request, call),
+    }
+    return TemplateResponse(request, "admin/calls/call/detail.html", context)
+
+
+def offset_label(offset_ms: int) -> str:
+    """Milliseconds from the start of the call as m:ss.s (h:mm:ss.s past an hour)."""
+    tenths = offset_ms // 100
+    minutes, tenths = divmod(tenths, 600)
+    hours, minutes = divmod(minutes, 60)
+    seconds = f"{tenths // 10:02d}.{tenths % 10}"
+    return f"{hours}:{minutes:02d}:{seconds}" if hours else f"{minutes}:{seconds}"
+
+
+def seconds_label(ms: int | None) -> str:
+    return "" if ms is None else f"{ms / 1000:.1f} s"
+
+
+def duration_label(call: Call) -> str:
+    seconds = call.duration_seconds
+    if seconds is None and call.ended_at:
+        seconds = int((call.ended_at - (call.answered_at or call.created_at)).total_seconds())
+    if seconds is None:
+        return ""
+    minutes, seconds = divmod(max(0, seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
+
+
+def event_label(kind: str) -> str:
+    return re.sub(r"[_-]+", " ", kind).capitalize()
+
+
+def event_details(data: dict[str, Any]) -> str:
+    """An event's data as "key: value · key: value", as the live page shows it."""
+    return " · ".join(
+        f"{key.replace('_', ' ')}: {_detail_value(value)}"
+        for key, value in data.items()
+        if value not in (None, "")
+    )
+
+
+def _detail_value(value: Any) -> str:
+    if isinstance(value, dict):
+        return ", ".join(_detail_value(item) for item in value.values())
+    if isinstance(value, list):
+        return ", ".join(_detail_value(item) for item in value)
+    return str(value)
+
+
+# --- changelist actions ---------------------------------------------------------------------
+
+
+def hang_up_calls(calls: QuerySet[Call], user: Any) -> tuple[int, int, list[str]]:
+    """Hang up every live call in `calls` at once: (hung up, already ending, error messages)."""
+    ids = [str(pk) for pk in calls.values_list("pk", flat=True)]
+
+    async def hang_up_all() -> list[Any]:
+        return await asyncio.gather(
+            *(
+                services.call_hangup(
+                    call_id=call_id, actor=Actor.STAFF, reason=EndReason.STAFF_HANGUP, user=user
+                )
+                for call_id in ids
+            ),
+            return_exceptions=True,
+        )
+
+    results = async_to_sync(hang_up_all)()
+    errors = [r for r in results if isinstance(r, BaseException)]
+    for error in errors:
+        if not isinstance(error, services.CallControlError):
+            raise error
+    return results.count(True), results.count(False), [str(error) for error in errors]
+
+
+CSV_COLUMNS = [
+    "call_sid",
+    "call_started_at",
+    "direction",
+    "from",
+    "to",
+    "agent",
+    "offset_ms",
+    "speaker",
+    "text",
+    "interrupted",
+    "heard_ms",
+]
+# A cell a spreadsheet would read as a formula. Callers' words end up in these files.
+_FORMULA_START = re.compile(r"^[=+\-@\t\r]")
+_E164 = re.compile(r"^\+[0-9]{1,15}$")
+
+
+def csv_safe(value: str) -> str:
+    if _FORMULA_START.match(value) and not _E164.match(value):
+        return "'" + value
+    return value
+
+
+def transcript_rows(calls: QuerySet[Call]) -> Iterator[list[Any]]:
+    entries = (
+        TranscriptEntry.objects.filter(call__in=calls)
+        .select_related("call", "call__agent")
+        .order_by("call__created_at", "call_id", "offset_ms", "id")
+    )
+    yield CSV_COLUMNS
+    for entry in entries.iterator(chunk_size=2000):
+        call = entry.call
+        yield [
+            call.sid,
+            call.created_at.isoformat(),
+            call.direction,
+            csv_safe(call.from_number),
+            csv_safe(call.to_number),
+            csv_safe(call.agent.name if call.agent_id else ""),
+            entry.offset_ms,
+            entry.speaker,
+            csv_safe(entry.text),
+            "yes" if entry.interrupted else "no",
+            "" if entry.heard_ms is None else entry.heard_ms,
+        ]
+
+
+def transcripts_csv(calls: QuerySet[Call]) -> HttpResponse:
+    filename = f"transcripts-{timezone.now():%Y%m%d-%H%M%S}.csv"
+    response = HttpResponse(
+        content_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+    csv.writer(response).writerows(transcript_rows(calls))
+    return response

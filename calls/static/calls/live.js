@@ -1,0 +1,506 @@
+/* The live calls page.
+ *
+ * The server sends a snapshot when the socket opens (and on {"action": "resync"}), then small
+ * deltas: "call" (a call's summary), "transcript" (one line, new or updated), "event" (one
+ * entry of a call's log) and "speaking" (who is audible now). Each live call is a card cloned
+ * from the page's <template>, which holds only the actions this user may take. The socket
+ * reconnects by itself, and each reconnection brings a fresh snapshot.
+ */
+"use strict";
+
+(() => {
+    const config = JSON.parse(document.getElementById("live-config").textContent);
+    const csrfToken = document.querySelector("input[name=csrfmiddlewaretoken]").value;
+    const list = document.getElementById("live-calls");
+    const template = document.getElementById("live-call-template");
+    const connection = document.getElementById("live-connection");
+    const countLabel = document.getElementById("live-count");
+    const emptyNote = document.getElementById("live-empty");
+
+    const TERMINAL_STATUSES = new Set(["completed", "busy", "failed", "no-answer", "canceled"]);
+    const ENDED_LINGER_MS = 4000; // an ended call stays, greyed, long enough to see why it left
+    const RECENT_EVENTS = 6;
+    const FORGET_ENDED_MS = 60000; // how long late deltas of a call that is not shown are ignored
+    const RETRY_MIN_MS = 500;
+    const RETRY_MAX_MS = 15000;
+    const RESYNC_MIN_INTERVAL_MS = 2000;
+    const FAILURES_BEFORE_HINT = 3;
+    const CONFIRM_MS = 4000;
+    const SPEAKING = {
+        caller: "Caller is speaking",
+        agent: "Agent is speaking",
+        none: "Nobody is speaking",
+    };
+    const SPEAKERS = {caller: "Caller", agent: "Agent", staff: "Staff", system: "System"};
+    const STATUS_LABELS = {"in-progress": "In progress", "no-answer": "No answer"};
+    const END_REASONS = {
+        caller_hangup: "the caller hung up",
+        agent_ended: "the agent ended it",
+        staff_hangup: "staff hung up",
+        transferred: "transferred",
+        failed: "failed",
+        timeout: "timed out",
+        no_agent: "no agent answers the number",
+    };
+    const PENDING = {
+        hangup: "Hanging up…",
+        clear: "Clearing the audio…",
+        transfer: "Transferring…",
+        say: "Sending…",
+    };
+
+    const calls = new Map(); // call id -> {summary, card, lines: Map(entry id -> <li>)}
+    // Calls that ended, or that a snapshot was asked about: their late deltas are expected.
+    const notShown = new Set();
+    let targets = {}; // agent id -> [{name, number, is_default}]
+    let clockOffsetMs = 0; // the server's clock minus ours
+    let socket = null;
+    let retryMs = RETRY_MIN_MS;
+    let failures = 0; // connection attempts in a row that did not open
+    let lastResyncAt = 0;
+    let resyncTimer = null;
+
+    // --- the socket ----------------------------------------------------------------------
+
+    function connect() {
+        const scheme = location.protocol === "https:" ? "wss://" : "ws://";
+        socket = new WebSocket(scheme + location.host + config.socketPath);
+        showConnection("connecting", "Connecting…");
+        socket.addEventListener("open", () => {
+            failures = 0;
+            showConnection("connecting", "Syncing…");
+        });
+        socket.addEventListener("message", (event) => handle(JSON.parse(event.data)));
+        socket.addEventListener("close", () => {
+            socket = null;
+            const delayMs = retryMs * (0.75 + Math.random() / 2);
+            retryMs = Math.min(retryMs * 2, RETRY_MAX_MS);
+            const seconds = Math.max(1, Math.round(delayMs / 1000));
+            failures += 1;
+            // A socket refused again and again is usually a session that has expired.
+            const hint = failures >= FAILURES_BEFORE_HINT
+                ? " If this goes on, reload the page: you may need to log in again."
+                : "";
+            showConnection("offline", `Disconnected. Reconnecting in ${seconds} s…${hint}`);
+            setTimeout(connect, delayMs);
+        });
+    }
+
+    function resync() {
+        // Asked for when the page may have missed a delta; the server answers with a snapshot.
+        // At most one every RESYNC_MIN_INTERVAL_MS, and a request in between is deferred.
+        if (resyncTimer) return;
+        const waitMs = Math.max(0, lastResyncAt + RESYNC_MIN_INTERVAL_MS - Date.now());
+        resyncTimer = setTimeout(() => {
+            resyncTimer = null;
+            // Closed: the reconnection brings a snapshot anyway.
+            if (!socket || socket.readyState !== WebSocket.OPEN) return;
+            lastResyncAt = Date.now();
+            socket.send(JSON.stringify({action: "resync"}));
+        }, waitMs);
+    }
+
+    function showConnection(state, text) {
+        connection.dataset.state = state;
+        connection.textContent = text;
+        list.dataset.stale = String(state !== "live");
+    }
+
+    function handle(message) {
+        switch (message.event) {
+            case "snapshot":
+                applySnapshot(message);
+                break;
+            case "call":
+                upsertCall(message.call);
+                break;
+            case "transcript":
+                withCall(message.call_id, (call) => putLine(call, message.entry));
+                break;
+            case "event":
+                withCall(message.call_id, (call) => addEvent(call, message.entry));
+                break;
+            case "speaking":
+                withCall(message.call_id, (call) => showSpeaking(call, message.speaker));
+                break;
+        }
+    }
+
+    function withCall(callId, work) {
+        const call = calls.get(callId);
+        if (call) {
+            work(call);
+        } else if (!notShown.has(callId)) {
+            // A call we never heard of: catch up, once (late news of an old call is normal).
+            forgetLater(callId);
+            resync();
+        }
+    }
+
+    function applySnapshot(snapshot) {
+        retryMs = RETRY_MIN_MS;
+        if (snapshot.now) clockOffsetMs = parseTime(snapshot.now) - Date.now();
+        targets = snapshot.targets || {};
+        const present = new Set();
+        for (const summary of snapshot.calls) {
+            present.add(summary.id);
+            const call = upsertCall(summary, {fromSnapshot: true});
+            if (!call) continue;
+            for (const entry of summary.transcript || []) putLine(call, entry);
+            call.card.querySelector(".live-events").replaceChildren();
+            for (const entry of summary.events || []) addEvent(call, entry);
+            fillTargets(call);
+        }
+        for (const id of calls.keys()) {
+            if (!present.has(id)) removeCall(id);
+        }
+        showConnection("live", "Live");
+        updateCount();
+    }
+
+    // --- cards ---------------------------------------------------------------------------
+
+    function upsertCall(summary, {fromSnapshot = false} = {}) {
+        if (TERMINAL_STATUSES.has(summary.status) || summary.ended_at) {
+            endCall(summary);
+            return null;
+        }
+        let call = calls.get(summary.id);
+        if (!call) {
+            call = createCard(summary);
+            calls.set(summary.id, call);
+            list.append(call.card);
+            updateCount();
+        }
+        call.summary = summary;
+        renderHead(call);
+        // A call of an agent the last snapshot did not cover: fetch its transfer targets.
+        if (!fromSnapshot && summary.agent_id != null && !(summary.agent_id in targets)) resync();
+        return call;
+    }
+
+    function createCard(summary) {
+        const card = template.content.firstElementChild.cloneNode(true);
+        card.dataset.callId = summary.id;
+        card.querySelector(".live-detail-link").href = urlFor("detail", summary.id);
+        card.querySelector(".live-sid").textContent = summary.sid;
+        const call = {summary, card, lines: new Map()};
+        bindActions(call);
+        fillTargets(call);
+        return call;
+    }
+
+    function renderHead(call) {
+        const {summary, card} = call;
+        const inbound = summary.direction === "inbound";
+        card.dataset.status = summary.status;
+        card.querySelector(".live-direction").textContent = inbound ? "Inbound" : "Outbound";
+        // The caller is the person at the other end: who rang us, or whom we rang.
+        const caller = inbound ? summary.from : summary.to;
+        card.querySelector(".live-caller").textContent = caller || "unknown";
+        const agentNumber = inbound ? summary.to : summary.from;
+        card.querySelector(".live-agent").textContent =
+            `${summary.agent || "No agent"}${agentNumber ? ` (${agentNumber})` : ""}`;
+        card.querySelector(".live-status").textContent = statusLabel(summary.status);
+        const transferred = card.querySelector(".live-transferred");
+        transferred.hidden = !summary.transferred_to;
+        if (summary.transferred_to) {
+            // The stream is gone: the caller talks to a person now. Only hanging up remains.
+            transferred.textContent =
+                `Transferred to ${summary.transferred_to}; the agent has left the call.`;
+            for (const form of card.querySelectorAll(".live-clear, .live-transfer, .live-say")) {
+                form.hidden = true;
+            }
+        }
+        renderDuration(call);
+    }
+
+    function renderDuration(call) {
+        const started = parseTime(call.summary.answered_at || call.summary.created_at);
+        const element = call.card.querySelector(".live-duration");
+        element.textContent = Number.isNaN(started)
+            ? "–"
+            : clock(Date.now() + clockOffsetMs - started);
+    }
+
+    function endCall(summary) {
+        const call = calls.get(summary.id);
+        forgetLater(summary.id);
+        if (!call || call.ending) return;
+        call.ending = true;
+        call.summary = summary;
+        const {card} = call;
+        card.classList.add("live-call-ended");
+        card.dataset.status = summary.status;
+        const reason = END_REASONS[summary.end_reason];
+        card.querySelector(".live-status").textContent =
+            `Ended${reason ? `: ${reason}` : ""}`;
+        card.querySelector(".live-actions")?.remove();
+        showSpeaking(call, "");
+        updateCount();
+        setTimeout(() => removeCall(summary.id), ENDED_LINGER_MS);
+    }
+
+    function forgetLater(id) {
+        if (notShown.has(id)) return;
+        notShown.add(id);
+        setTimeout(() => notShown.delete(id), FORGET_ENDED_MS);
+    }
+
+    function removeCall(id) {
+        const call = calls.get(id);
+        if (!call) return;
+        calls.delete(id);
+        call.card.remove();
+        updateCount();
+    }
+
+    function updateCount() {
+        const live = [...calls.values()].filter((call) => !call.ending).length;
+        countLabel.textContent = live === 1 ? "1 live call" : `${live} live calls`;
+        emptyNote.hidden = calls.size > 0;
+    }
+
+    function showSpeaking(call, speaker) {
+        const key = speaker || "none";
+        const element = call.card.querySelector(".live-speaking");
+        element.dataset.speaker = key;
+        element.querySelector(".live-speaking-text").textContent = SPEAKING[key] || SPEAKING.none;
+    }
+
+    // --- the transcript ------------------------------------------------------------------
+
+    function putLine(call, entry) {
+        const transcript = call.card.querySelector(".live-transcript");
+        const stuckToBottom =
+            transcript.scrollHeight - transcript.scrollTop - transcript.clientHeight < 24;
+        let line = call.lines.get(entry.id);
+        if (!line) {
+            line = document.createElement("li");
+            line.className = "transcript-line";
+            line.dataset.entryId = entry.id;
+            line.dataset.offsetMs = entry.offset_ms;
+            call.lines.set(entry.id, line);
+            // Lines are kept in the order they were spoken; a caller's line can arrive late.
+            const next = [...transcript.children].find((other) => comesAfter(other, entry));
+            transcript.insertBefore(line, next || null);
+        }
+        fillLine(line, entry);
+        if (stuckToBottom) transcript.scrollTop = transcript.scrollHeight;
+    }
+
+    function comesAfter(line, entry) {
+        const offset = Number(line.dataset.offsetMs);
+        return offset > entry.offset_ms ||
+            (offset === entry.offset_ms && Number(line.dataset.entryId) > entry.id);
+    }
+
+    function fillLine(line, entry) {
+        line.dataset.speaker = entry.speaker;
+        line.classList.toggle("interrupted", Boolean(entry.interrupted));
+        const text = element("span", "transcript-text", entry.text);
+        const parts = [
+            element("span", "transcript-offset", offsetLabel(entry.offset_ms)),
+            element("span", "transcript-speaker", SPEAKERS[entry.speaker] || entry.speaker),
+            element("span", "transcript-body", text),
+        ];
+        if (entry.interrupted) {
+            const heard = entry.heard_ms == null
+                ? "Interrupted"
+                : `Interrupted: caller heard ${(entry.heard_ms / 1000).toFixed(1)} s`;
+            parts[2].append(element("span", "transcript-interrupted", heard));
+        }
+        line.replaceChildren(...parts);
+    }
+
+    // --- the activity log ----------------------------------------------------------------
+
+    function addEvent(call, entry) {
+        const events = call.card.querySelector(".live-events");
+        const item = document.createElement("li");
+        const details = describeData(entry.data);
+        item.append(
+            element("time", "", timeOfDay(entry.at)),
+            element("span", "event-actor", entry.actor),
+            " ",
+            element("span", "event-kind", eventLabel(entry.kind)),
+        );
+        if (details) item.append(" ", element("span", "event-data", details));
+        events.append(item);
+        while (events.children.length > RECENT_EVENTS) events.firstElementChild.remove();
+    }
+
+    function describeData(data) {
+        return Object.entries(data || {})
+            .filter(([, value]) => value !== null && value !== "")
+            .map(([key, value]) => `${key.replaceAll("_", " ")}: ${describeValue(value)}`)
+            .join(" · ");
+    }
+
+    function describeValue(value) {
+        const text = typeof value === "object"
+            ? Object.values(value).map(describeValue).join(", ")
+            : String(value);
+        return text.length > 80 ? `${text.slice(0, 79)}…` : text;
+    }
+
+    // --- actions -------------------------------------------------------------------------
+
+    function bindActions(call) {
+        const {card} = call;
+        const hangup = card.querySelector(".live-hangup");
+        hangup?.addEventListener("click", () => confirmThen(hangup, () => act(call, "hangup")));
+        card.querySelector(".live-clear")?.addEventListener("click", () => act(call, "clear"));
+        const transfer = card.querySelector(".live-transfer");
+        transfer?.addEventListener("submit", (event) => {
+            event.preventDefault();
+            act(call, "transfer", {target: transfer.elements.target.value});
+        });
+        const say = card.querySelector(".live-say");
+        say?.addEventListener("submit", async (event) => {
+            event.preventDefault();
+            if (await act(call, "say", {text: say.elements.text.value})) say.reset();
+        });
+    }
+
+    function confirmThen(button, action) {
+        // Hanging up cannot be undone, so it takes a second click within a few seconds.
+        const confirming = button.classList.contains("confirming");
+        clearTimeout(button.confirmTimer);
+        if (confirming) {
+            unconfirm(button);
+            action();
+            return;
+        }
+        button.dataset.label = button.textContent;
+        button.classList.add("confirming");
+        button.textContent = "Click again to hang up";
+        button.confirmTimer = setTimeout(() => unconfirm(button), CONFIRM_MS);
+    }
+
+    function unconfirm(button) {
+        button.classList.remove("confirming");
+        button.textContent = button.dataset.label;
+    }
+
+    function fillTargets(call) {
+        const select = call.card.querySelector(".live-transfer select");
+        if (!select) return;
+        const options = targets[call.summary.agent_id] || [];
+        const chosen = select.value;
+        select.replaceChildren(...options.map((target) => {
+            const option = element("option", "", `${target.name} (${target.number})`);
+            option.value = target.name;
+            option.selected = chosen ? target.name === chosen : target.is_default;
+            return option;
+        }));
+        const form = call.card.querySelector(".live-transfer");
+        form.querySelector("button").disabled = options.length === 0;
+        form.title = options.length ? "" : "This call's agent has no transfer targets.";
+    }
+
+    async function act(call, action, fields = {}) {
+        const body = new FormData();
+        for (const [name, value] of Object.entries(fields)) body.append(name, value);
+        showOutcome(call, "pending", PENDING[action]);
+        setBusy(call, true);
+        try {
+            const response = await fetch(urlFor(action, call.summary.id), {
+                method: "POST",
+                body,
+                credentials: "same-origin",
+                headers: {"X-CSRFToken": csrfToken, "Accept": "application/json"},
+            });
+            const reply = await response.json().catch(() => null);
+            if (reply && typeof reply.message === "string") {
+                showOutcome(call, reply.ok ? "success" : "error", reply.message);
+                return Boolean(reply.ok);
+            }
+            showOutcome(call, "error", refusal(response));
+        } catch {
+            showOutcome(call, "error", "The server could not be reached. Check the connection and try again.");
+        } finally {
+            setBusy(call, false);
+        }
+        return false;
+    }
+
+    function refusal(response) {
+        if (response.status === 403) {
+            return "The server refused (403): your session may have expired. Reload the page and try again.";
+        }
+        return `The server answered ${response.status} ${response.statusText}; nothing was confirmed.`;
+    }
+
+    function setBusy(call, busy) {
+        for (const button of call.card.querySelectorAll(".live-actions button")) {
+            button.disabled = busy;
+        }
+        if (!busy) fillTargets(call); // re-applies the "no targets" state
+    }
+
+    function showOutcome(call, kind, text) {
+        const outcome = call.card.querySelector(".live-outcome");
+        if (!outcome) return;
+        outcome.hidden = false;
+        outcome.dataset.kind = kind;
+        outcome.textContent = text;
+    }
+
+    // --- formatting ----------------------------------------------------------------------
+
+    function element(tag, className, ...children) {
+        const node = document.createElement(tag);
+        if (className) node.className = className;
+        node.append(...children);
+        return node;
+    }
+
+    function urlFor(name, callId) {
+        return config.urls[name].replace(config.placeholder, callId);
+    }
+
+    function parseTime(iso) {
+        // Python's isoformat() gives microseconds; Date.parse is only specified for ms.
+        return iso ? Date.parse(iso.replace(/(\.\d{3})\d+/, "$1")) : NaN;
+    }
+
+    function clock(ms) {
+        const total = Math.max(0, Math.floor(ms / 1000));
+        const hours = Math.floor(total / 3600);
+        const minutes = Math.floor((total % 3600) / 60);
+        const seconds = String(total % 60).padStart(2, "0");
+        return hours ? `${hours}:${String(minutes).padStart(2, "0")}:${seconds}` : `${minutes}:${seconds}`;
+    }
+
+    function offsetLabel(ms) {
+        const tenths = Math.floor(ms / 100);
+        const minutes = Math.floor(tenths / 600);
+        const seconds = ((tenths % 600) / 10).toFixed(1).padStart(4, "0");
+        return `${minutes}:${seconds}`;
+    }
+
+    function timeOfDay(iso) {
+        const time = parseTime(iso);
+        return Number.isNaN(time) ? "" : new Date(time).toLocaleTimeString([], {hour12: false});
+    }
+
+    function statusLabel(status) {
+        return STATUS_LABELS[status] || status.charAt(0).toUpperCase() + status.slice(1);
+    }
+
+    function eventLabel(kind) {
+        const words = kind.replace(/[_-]+/g, " ");
+        return words.charAt(0).toUpperCase() + words.slice(1);
+    }
+
+    // --- start ---------------------------------------------------------------------------
+
+    setInterval(() => calls.forEach((call) => call.ending || renderDuration(call)), 1000);
+    // A hidden tab's timers are throttled; catch up when it is looked at again.
+    document.addEventListener("visibilitychange", () => {
+        if (!document.hidden) resync();
+    });
+    updateCount();
+    connect();
+})();

@@ -1,0 +1,208 @@
+"""Staff actions on a live call: each checks its own permission and CSRF, calls the service,
+reports the outcome in words and is written to the call's log with the staff user."""
+
+import pytest
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.test import Client
+
+from calls import telephony
+from calls.models import CallEvent, CallStatus
+
+from .dashboard_helpers import make_call, make_staff
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+JSON = {"HTTP_ACCEPT": "application/json"}
+PERMISSIONS = {
+    "hangup": "hangup_call",
+    "clear": "clear_audio",
+    "transfer": "transfer_call",
+    "say": "say_on_call",
+}
+FORMS = {"hangup": {}, "clear": {}, "transfer": {"target": "reception"}, "say": {"text": "Hi"}}
+
+
+@pytest.fixture
+def twilio(monkeypatch) -> dict[str, list]:
+    """Twilio's REST API as the services reach it, recording what was asked."""
+    asked: dict[str, list] = {"complete": [], "twiml": []}
+
+    async def call_complete(call_sid: str) -> bool:
+        asked["complete"].append(call_sid)
+        return True
+
+    async def call_update_twiml(call_sid: str, twiml: str) -> None:
+        asked["twiml"].append((call_sid, twiml))
+
+    monkeypatch.setattr(telephony, "call_complete", call_complete)
+    monkeypatch.setattr(telephony, "call_update_twiml", call_update_twiml)
+    return asked
+
+
+@pytest.fixture
+def call(agent):
+    return make_call(agent)
+
+
+def post(client: Client, call, action: str, data: dict | None = None, **headers):
+    url = f"/admin/calls/call/{call.pk}/{action}/"
+    return client.post(url, FORMS[action] if data is None else data, **headers)
+
+
+def logged_in(client: Client, *codenames: str) -> Client:
+    client.force_login(make_staff("operator", "view_call", *codenames))
+    return client
+
+
+@pytest.mark.parametrize("action", PERMISSIONS)
+def test_an_action_is_refused_without_its_own_permission(client, call, twilio, action):
+    others = [codename for name, codename in PERMISSIONS.items() if name != action]
+    logged_in(client, *others, "place_call")
+    response = post(client, call, action, **JSON)
+    assert response.status_code == 403
+    assert "permission" in response.json()["message"]
+    assert twilio == {"complete": [], "twiml": []}
+    assert not CallEvent.objects.filter(call=call).exists()
+
+
+@pytest.mark.parametrize("action", PERMISSIONS)
+def test_a_plain_form_post_without_the_permission_gets_403(client, call, action):
+    logged_in(client)
+    assert post(client, call, action).status_code == 403
+
+
+@pytest.mark.parametrize("action", PERMISSIONS)
+def test_an_action_needs_the_csrf_token(call, twilio, action):
+    client = logged_in(Client(enforce_csrf_checks=True), PERMISSIONS[action])
+    response = post(client, call, action, **JSON)
+    assert response.status_code == 403
+    assert not CallEvent.objects.filter(call=call).exists()
+
+
+@pytest.mark.parametrize("action", PERMISSIONS)
+def test_an_action_is_post_only(client, call, action):
+    logged_in(client, PERMISSIONS[action])
+    assert client.get(f"/admin/calls/call/{call.pk}/{action}/").status_code == 405
+
+
+def test_anonymous_visitors_cannot_act(client, call, twilio):
+    response = post(client, call, "hangup")
+    assert response.status_code == 302
+    assert twilio["complete"] == []
+
+
+def test_hang_up_asks_twilio_and_logs_the_staff_user(client, call, twilio):
+    logged_in(client, "hangup_call")
+    response = post(client, call, "hangup", **JSON)
+    assert response.status_code == 200
+    assert response.json() == {"ok": True, "message": "Hung up."}
+    assert twilio["complete"] == [call.sid]
+    event = CallEvent.objects.get(call=call, kind="hangup")
+    assert (event.actor, event.user.username) == ("staff", "operator")
+    call.refresh_from_db()
+    assert call.end_reason == "staff_hangup"
+
+
+def test_a_second_hang_up_says_the_call_is_already_going(client, call, twilio):
+    logged_in(client, "hangup_call")
+    post(client, call, "hangup", **JSON)
+    response = post(client, call, "hangup", **JSON)
+    assert response.json() == {
+        "ok": True,
+        "message": "The call had already ended or was being hung up.",
+    }
+    assert twilio["complete"] == [call.sid]
+
+
+def test_a_failed_hang_up_says_why(client, call, monkeypatch):
+    async def call_complete(call_sid: str) -> bool:
+        raise telephony.TelephonyError("Twilio error 20500: Internal Server Error", status=500)
+
+    monkeypatch.setattr(telephony, "call_complete", call_complete)
+    logged_in(client, "hangup_call")
+    response = post(client, call, "hangup", **JSON)
+    assert response.status_code == 409
+    assert response.json() == {
+        "ok": False,
+        "message": "Hang-up failed: Twilio error 20500: Internal Server Error",
+    }
+    assert CallEvent.objects.filter(call=call, kind="hangup_failed").exists()
+
+
+def test_clear_reaches_the_calls_stream_consumer(client, call):
+    layer = get_channel_layer()
+    channel = async_to_sync(layer.new_channel)()
+    async_to_sync(layer.group_add)(call.group_name, channel)
+    logged_in(client, "clear_audio")
+    response = post(client, call, "clear", **JSON)
+    assert response.json() == {"ok": True, "message": "Cleared the audio that was playing."}
+    assert async_to_sync(layer.receive)(channel) == {"type": "call.clear", "actor": "staff"}
+    event = CallEvent.objects.get(call=call, kind="clear")
+    assert event.user.username == "operator"
+
+
+def test_transfer_dials_the_chosen_target(client, agent, call, twilio):
+    agent.transfer_targets.create(name="sales", phone_number="+14155550177")
+    logged_in(client, "transfer_call")
+    response = post(client, call, "transfer", {"target": "sales"}, **JSON)
+    assert response.json() == {"ok": True, "message": "Transferred to sales (+14155550177)."}
+    [(call_sid, twiml)] = twilio["twiml"]
+    assert call_sid == call.sid
+    assert "<Dial" in twiml and "+14155550177" in twiml
+    event = CallEvent.objects.get(call=call, kind="transfer")
+    assert event.user.username == "operator"
+    call.refresh_from_db()
+    assert call.transferred_to == "+14155550177"
+
+
+def test_transfer_to_a_target_of_another_agent_is_refused_in_words(client, call, twilio):
+    logged_in(client, "transfer_call")
+    response = post(client, call, "transfer", {"target": "nobody"}, **JSON)
+    assert response.status_code == 409
+    assert response.json()["message"] == "This call's agent has no “nobody”."
+    assert twilio["twiml"] == []
+
+
+def test_say_sends_the_sentence_to_the_agent(client, call):
+    layer = get_channel_layer()
+    channel = async_to_sync(layer.new_channel)()
+    async_to_sync(layer.group_add)(call.group_name, channel)
+    logged_in(client, "say_on_call")
+    response = post(client, call, "say", {"text": "  One moment please.  "}, **JSON)
+    assert response.json() == {"ok": True, "message": "The agent will say: “One moment please.”"}
+    assert async_to_sync(layer.receive)(channel) == {
+        "type": "call.say",
+        "text": "One moment please.",
+    }
+    event = CallEvent.objects.get(call=call, kind="say")
+    assert (event.user.username, event.data) == ("operator", {"text": "One moment please."})
+
+
+def test_say_needs_something_to_say(client, call):
+    logged_in(client, "say_on_call")
+    response = post(client, call, "say", {"text": "   "}, **JSON)
+    assert response.status_code == 409
+    assert response.json()["message"] == "Type something for the agent to say."
+
+
+def test_acting_on_an_ended_call_says_so(client, agent, twilio):
+    ended = make_call(agent, status=CallStatus.COMPLETED)
+    logged_in(client, "clear_audio")
+    response = post(client, ended, "clear", **JSON)
+    assert response.status_code == 409
+    assert response.json()["message"] == "The call has already ended (Completed)."
+
+
+def test_a_plain_form_post_reports_through_the_admins_messages(client, call):
+    logged_in(client, "clear_audio")
+    page = f"/admin/calls/call/{call.pk}/change/"
+    response = post(client, call, "clear", {"next": page}, follow=True)
+    assert response.redirect_chain == [(page, 302)]
+    assert "Cleared the audio that was playing." in response.content.decode()
+
+
+def test_a_plain_form_post_never_redirects_off_site(client, call):
+    logged_in(client, "clear_audio")
+    response = post(client, call, "clear", {"next": "https://evil.example.com/"})
+    assert response["Location"] == f"/admin/calls/call/{call.pk}/change/"
