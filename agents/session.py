@@ -165,6 +165,7 @@ class AgentSession:
         self._ending = False  # hanging up or transferring: the model is no longer heard
         self._handing_off = False
         self._caller_speaking = False
+        self._speaker = ""  # who the live view shows as audible: "caller", "agent" or ""
         self._active_response: str | None = None
         self._awaiting_response = False  # we asked for one; response.created not seen yet
         self._respond_when_done = False
@@ -314,6 +315,8 @@ class AgentSession:
             self._item_response[item_id] = event.response_id
         self._item_bytes[item_id] = sent + event.nbytes
         self.port.send_audio(item_id, event.payload_b64, event.nbytes)
+        if self._speaker != "agent" and not self._caller_speaking:
+            self._set_speaker("agent")
         self._segment_bytes += event.nbytes
         if self._segment_bytes >= SEGMENT_MAX_BYTES:
             self._end_segment()
@@ -368,11 +371,13 @@ class AgentSession:
         # Clear first: everything else can wait a millisecond, the caller's ears cannot.
         self._cut_off("barge_in", Actor.CALLER, received_at=event.received_at)
         self._caller_speaking = True
+        self._set_speaker("caller")
         self._speech_offsets[event.item_id] = self.port.now_ms
         self._touch()
 
     def _on_speech_stopped(self, event: SpeechStopped) -> None:
         self._caller_speaking = False
+        self._set_speaker("")
         self._touch()
 
     def _on_tool_call(self, event: ToolCall) -> None:
@@ -618,6 +623,8 @@ class AgentSession:
             if now - self._started_at >= config.max_call_seconds:
                 await self._end_for_limit("max_call_seconds", config.max_call_seconds)
                 return
+            if self._speaker == "agent" and not self.port.tracker.is_audible(self.port.now_ms):
+                self._set_speaker("")  # the agent's audio has played out, or was cleared
             if self._busy():
                 self._last_activity = now
             elif now - self._last_activity >= config.idle_timeout_seconds:
@@ -687,6 +694,13 @@ class AgentSession:
         self._agent_text.clear()
 
     # -- plumbing ----------------------------------------------------------------------------
+
+    def _set_speaker(self, speaker: str) -> None:
+        """Tell the live view who is audible, when that changes (never per audio frame)."""
+        if speaker != self._speaker:
+            self._speaker = speaker
+            broadcast = services.call_speaking_broadcast(call_id=self.call_id, speaker=speaker)
+            self._spawn(broadcast, "speaking")
 
     def _touch(self) -> None:
         if self._loop is not None:

@@ -191,7 +191,11 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
             except Exception:
                 logger.exception("Call %s: agent session failed to stop cleanly", self.call_sid)
         if self.stream_sid and self.call_id:
-            await _close_stream(stream_sid=self.stream_sid, counters=dict(self.counters))
+            await _close_stream(
+                stream_sid=self.stream_sid,
+                counters=dict(self.counters),
+                caller_left=reason == "stop",
+            )
             logger.info("Call %s: stream %s ended (%s)", self.call_sid, self.stream_sid, reason)
 
     # --- the port: what the agent session sends through ---------------------------------

@@ -225,6 +225,25 @@ def call_status_update(
     return call
 
 
+def call_end_record(*, call_id: str, reason: str, actor: str) -> Call | None:
+    """We know the call is over (hung up through REST, the caller left, the dial ended).
+
+    Twilio's status callback says so too, but only where the number has one configured;
+    this keeps the live view right without it. The callback may still fill the duration.
+    """
+    with transaction.atomic():
+        call = Call.objects.select_for_update().filter(pk=call_id).first()
+        if call is None or not call.is_live:
+            return call
+        call.status = CallStatus.COMPLETED
+        call.ended_at = timezone.now()
+        call.end_reason = call.end_reason or reason
+        call.save(update_fields=["status", "ended_at", "end_reason"])
+        call_event_record(call=call, kind="ended", actor=actor, data={"reason": call.end_reason})
+        call_broadcast(call)
+    return call
+
+
 def stream_status_record(
     *, call_sid: str, stream_sid: str, event: str, error: str = "", at: datetime | None = None
 ) -> MediaStream | None:
@@ -264,6 +283,7 @@ def dial_outcome_record(*, call_sid: str, dial_status: str, duration_seconds: in
             actor=Actor.TWILIO,
             data={"dial_status": dial_status, "duration_seconds": duration_seconds},
         )
+        call_end_record(call_id=call.pk, reason=EndReason.TRANSFERRED, actor=Actor.TWILIO)
     return twiml.hangup()
 
 
@@ -272,6 +292,7 @@ def connect_ended_record(*, call_sid: str) -> str:
     call = Call.objects.filter(sid=call_sid).first()
     if call is not None:
         call_event_record(call=call, kind="stream_closed", actor=Actor.TWILIO)
+        call_end_record(call_id=call.pk, reason=EndReason.AGENT_ENDED, actor=Actor.TWILIO)
     return twiml.hangup()
 
 
@@ -341,6 +362,12 @@ def stream_open(
         call_event_record(
             call=call, kind="stream_connected", actor=Actor.TWILIO, data={"stream_sid": stream_sid}
         )
+        # Twilio runs our TwiML only once the call is answered, whether or not the number
+        # has a status callback to tell us so.
+        if STATUS_RANK.get(call.status, 0) < STATUS_RANK[CallStatus.IN_PROGRESS]:
+            call.status, call.answered_at = CallStatus.IN_PROGRESS, call.answered_at or now
+            call.save(update_fields=["status", "answered_at"])
+            call_broadcast(call)
     return StreamOpened(
         call_id=str(call.id), call_sid=call.sid, agent_id=call.agent_id, started_at=now
     )
@@ -359,8 +386,13 @@ STREAM_COUNTERS = (
 )
 
 
-def stream_close(*, stream_sid: str, counters: dict[str, int], last_error: str = "") -> None:
-    """Write a stream's counters once, when it ends (never per frame)."""
+def stream_close(
+    *, stream_sid: str, counters: dict[str, int], last_error: str = "", caller_left: bool = False
+) -> None:
+    """Write a stream's counters once, when it ends (never per frame).
+
+    `caller_left`: Twilio stopped the stream with no transfer under way, so the call is over.
+    """
     values = {name: counters.get(name, 0) for name in STREAM_COUNTERS}
     updates: dict[str, Any] = {**values, "stopped_at": timezone.now()}
     if last_error:
@@ -369,6 +401,10 @@ def stream_close(*, stream_sid: str, counters: dict[str, int], last_error: str =
     MediaStream.objects.filter(sid=stream_sid, status=StreamStatus.STARTED).update(
         status=StreamStatus.STOPPED
     )
+    if caller_left:
+        call_id = MediaStream.objects.filter(sid=stream_sid).values_list("call_id", flat=True)
+        for pk in call_id:
+            call_end_record(call_id=pk, reason=EndReason.CALLER_HANGUP, actor=Actor.CALLER)
 
 
 def stream_bad_message_record(*, call_id: str, stream_sid: str, reason: str, detail: str) -> None:
@@ -503,6 +539,7 @@ async def call_hangup(*, call_id: str, actor: str, reason: str, user: Any = None
     except telephony.TelephonyError as error:
         await _hangup_release(str(call_id), actor, user, str(error))
         raise CallControlError(f"Hang-up failed: {error}") from error
+    await database_sync_to_async(call_end_record)(call_id=str(call_id), reason=reason, actor=actor)
     await call_send(str(call_id), {"type": "call.close", "reason": reason})
     return True
 

@@ -7,7 +7,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from agents.models import Agent, TransferTarget
+# Its fixtures come in through pytest_plugins; register it first so its asserts explain.
+pytest.register_assert_rewrite("tests.agent_harness")
+
+from agents.models import Agent, TransferTarget  # noqa: E402
 
 
 def under_ci() -> bool:

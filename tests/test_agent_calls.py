@@ -5,9 +5,15 @@ and checks what a caller would hear and what Twilio would be asked to do.
 """
 
 import asyncio
+import json
 import time
 
 import pytest
+import websockets
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.contrib.auth.models import Permission, User
+from django.test import Client
 
 from agents import assets
 from calls.models import EndReason, Speaker
@@ -178,7 +184,8 @@ async def test_an_interrupted_goodbye_does_not_hang_up(asgi_server, realtime, re
     assert [r.origin for r in live.model.responses] == ["server"]
     await finish(live)
     assert hangups(live) == []
-    assert (await live.call()).end_reason == ""
+    # It ended when the caller hung up, not when the agent said goodbye.
+    assert (await live.call()).end_reason == EndReason.CALLER_HANGUP
 
 
 # --- transfer -------------------------------------------------------------------------------
@@ -470,3 +477,41 @@ async def test_the_model_session_is_configured_in_the_ga_shape(asgi_server, real
     await model.wait_for(lambda: model.appended_bytes >= 20 * 160)
     assert model.errors_sent == []
     await finish(live)
+
+
+# --- the live view's "who is speaking" -------------------------------------------------------
+
+
+@sync_to_async
+def staff_session_cookie() -> str:
+    staff = User.objects.create_user("watcher", is_staff=True)
+    staff.user_permissions.add(Permission.objects.get(codename="view_call"))
+    browser = Client()
+    browser.force_login(staff)
+    return browser.cookies[settings.SESSION_COOKIE_NAME].value
+
+
+async def test_the_live_view_hears_who_is_speaking_as_it_changes(asgi_server, realtime, rest):
+    await make_agent()
+    cookie = await staff_session_cookie()
+    origin = asgi_server.http_url
+    async with websockets.connect(
+        origin.replace("http", "ws") + "/ws/calls/live",
+        additional_headers={"Cookie": f"{settings.SESSION_COOKIE_NAME}={cookie}", "Origin": origin},
+    ) as feed:
+        live = await start_call(asgi_server, rest, realtime)
+        model = live.model
+        await model.reply(transcript="Here is a long answer.", audio_ms=1500)
+        await live.played_at_least(300)
+        await model.speech_started()
+        await model.speech_stopped()
+
+        speakers = []
+        while speakers[-2:] != ["caller", ""]:
+            message = json.loads(await asyncio.wait_for(feed.recv(), 5))
+            if message.get("event") == "speaking":
+                assert message["call_id"] == str((await live.call()).pk)
+                speakers.append(message["speaker"])
+        # Sent when it changes, not per audio frame.
+        assert speakers == ["agent", "caller", ""]
+        await finish(live)

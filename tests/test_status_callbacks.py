@@ -106,5 +106,17 @@ def test_the_dial_action_records_how_the_transfer_ended_and_hangs_up(client, cal
         {"CallSid": call_sid, "DialCallStatus": "completed", "DialCallDuration": "61"},
     )
     assert b"<Hangup />" in response.content
-    event = Call.objects.get(sid=call_sid).events.get(kind="transfer_ended")
+    call = Call.objects.get(sid=call_sid)
+    event = call.events.get(kind="transfer_ended")
     assert event.data == {"dial_status": "completed", "duration_seconds": 61}
+    assert call.status == CallStatus.COMPLETED
+
+
+def test_the_connect_action_ends_the_call_when_no_transfer_replaced_it(client, call_sid):
+    response = signed_post(client, "/twilio/voice/connect-action", {"CallSid": call_sid})
+    assert b"<Hangup />" in response.content
+    call = Call.objects.get(sid=call_sid)
+    assert (call.status, call.end_reason) == (CallStatus.COMPLETED, EndReason.AGENT_ENDED)
+    # Twilio's own callback still fills in the duration afterwards.
+    status(client, call_sid, "completed", 7, CallDuration="33")
+    assert Call.objects.get(sid=call_sid).duration_seconds == 33

@@ -87,6 +87,9 @@ async def test_a_stream_with_a_valid_token_is_recorded(stream):
     assert record.custom_parameters == {"campaign": "spring"}  # the token is not kept
     assert record.media_format == {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}
     assert "stream_connected" in await event_kinds(stream)
+    # Twilio runs the TwiML only once it has answered: the call is in progress.
+    call = await call_of(stream)
+    assert call.status == "in-progress" and call.answered_at is not None
 
 
 @pytest.mark.parametrize("token", [None, "", "forged-token"])
@@ -191,6 +194,9 @@ async def test_stop_ends_the_stream_without_hanging_up(stream, rest):
     record = await stop_and_wait(stream)
     assert record.status == StreamStatus.STOPPED and record.stopped_at is not None
     assert rest.requests == []
+    # With no transfer under way, Twilio's stop means the caller has gone.
+    call = await call_of(stream)
+    assert (call.status, call.end_reason) == ("completed", EndReason.CALLER_HANGUP)
 
 
 # --- bad input: logged, counted, and the stream carries on -------------------------------
@@ -314,6 +320,7 @@ async def test_hangup_goes_to_twilio_exactly_once_and_closes_the_stream(stream, 
     assert await stream.closed() == 1000
     call = await call_of(stream)
     assert call.end_reason in {EndReason.STAFF_HANGUP, EndReason.AGENT_ENDED}
+    assert call.status == "completed" and call.ended_at is not None
     kinds = await event_kinds(stream)
     assert kinds.count("hangup") == 1 and kinds.count("hangup_skipped") == 1
 
@@ -350,6 +357,7 @@ async def test_transfer_dials_the_target_and_the_following_stop_is_not_a_hangup(
     assert rest.hangups() == []
     call = await call_of(stream)
     assert (call.end_reason, call.transferred_to) == (EndReason.TRANSFERRED, "+14155550199")
+    assert call.status == "in-progress"  # the caller is now talking to a person
     assert "transfer" in await event_kinds(stream)
 
 

@@ -31,8 +31,9 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 # A file, not SQLite's in-memory database, so that server processes started by the tests
 # (daphne, the simulator's target) see the same data as the test itself.
-TEST_DATABASE_PATH = os.environ.get(
-    "VOICEBOT_TEST_DATABASE", str(BASE_DIR / "test-output" / "test-db.sqlite3")  # noqa: F405
+# One file per test run, so that runs side by side do not wipe each other's tables.
+TEST_DATABASE_PATH = os.environ.get("VOICEBOT_TEST_DATABASE") or str(
+    BASE_DIR / "test-output" / f"test-db-{os.getpid()}.sqlite3"  # noqa: F405
 )
 os.makedirs(os.path.dirname(TEST_DATABASE_PATH), exist_ok=True)
 DATABASES["default"]["TEST"] = {"NAME": TEST_DATABASE_PATH}  # noqa: F405
