@@ -1,6 +1,6 @@
 """Whole calls against the real ASGI app: Twilio's side, the model's side, and our server.
 
-- Our server: `voicebot.asgi.application` served by uvicorn on a background thread of the
+- Our server: `voicebot.asgi.application` served by daphne on a background thread of the
   test process, on loopback. Being in-process, it shares the test's settings (so fixtures
   can point it at the local peers) and the test database, which is a file for this reason
   (voicebot/test_settings.py); tests that use it run with `django_db(transaction=True)`.
@@ -16,9 +16,7 @@ the token from the TwiML.
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
-import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -26,7 +24,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-import uvicorn
 from asgiref.sync import sync_to_async
 
 from agents.models import Agent, TransferTarget
@@ -36,6 +33,7 @@ from calls.simulator.rest import TwilioRestEmulator
 from calls.simulator.stream import TwilioStreamClient
 from tests.peers.realtime import FakeRealtimeServer, FakeSession, Reply
 
+from .conftest import free_port, wait_for_port
 from .twilio_helpers import ACCOUNT_SID, incoming_params, new_call_sid
 
 AGENT_NUMBER = "+14155550100"
@@ -44,38 +42,38 @@ SALES_NUMBER = "+14155550188"
 
 
 class AsgiServer:
-    """uvicorn serving the project on 127.0.0.1 from a daemon thread."""
+    """daphne serving the project on 127.0.0.1 from a thread of the test process.
+
+    In-process, it shares the test's settings (so fixtures can point it at the local peers)
+    and its database file. It also serves static files, as the proxy does in production, for
+    the browser tests. Twisted's reactor runs once per process, so the suite shares one.
+    """
 
     def __init__(self) -> None:
+        from daphne.server import Server
+        from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
+
         from voicebot.asgi import application
 
-        self.socket = socket.socket()
-        self.socket.bind(("127.0.0.1", 0))
-        self.port = self.socket.getsockname()[1]
-        config = uvicorn.Config(
-            application,
-            lifespan="off",
-            log_config=None,  # keep the test process's logging as pytest set it up
-            access_log=False,
-            ws_per_message_deflate=False,
+        self.port = free_port()
+        self.server = Server(
+            ASGIStaticFilesHandler(application),
+            endpoints=[f"tcp:port={self.port}:interface=127.0.0.1"],
+            signal_handlers=False,  # not the main thread
+            verbosity=0,
+            application_close_timeout=5,
         )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(
-            target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True
-        )
+        self.thread = threading.Thread(target=self.server.run, name="daphne", daemon=True)
 
     def start(self) -> None:
         self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.01)
+        wait_for_port(self.port, timeout=10)
 
     def stop(self) -> None:
-        self.server.should_exit = True
+        from twisted.internet import reactor
+
+        reactor.callFromThread(reactor.stop)
         self.thread.join(10)
-        self.socket.close()
 
     @property
     def http_url(self) -> str:

@@ -1,8 +1,9 @@
 """Playwright driving Debian's Chromium against the staff console.
 
-The server is the agent harness's in-process uvicorn (tests/agent_harness.py), with the static
-files the admin pages load: in production a web server or collectstatic serves them. Locally
-the tests skip when chromium is missing; under CI=true they fail (tests/conftest.py).
+The server is the agent harness's in-process daphne (tests/agent_harness.py), which also
+serves the static files the admin pages load (in production the proxy serves them after
+collectstatic). Locally the tests skip when chromium is missing; under CI=true they fail
+(tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from pathlib import Path
 
 import aiohttp
 from django.conf import settings
-from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 from playwright.async_api import (
     Browser,
     ConsoleMessage,
@@ -38,14 +38,6 @@ CHROMIUM_ARGS = [
 ]
 OUTPUT_DIR = Path(settings.BASE_DIR) / "test-output"
 LIVE_PATH = "/admin/calls/call/live/"
-
-
-class ConsoleServer(AsgiServer):
-    """The harness's server, also serving static files (admin CSS, the console's script)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.server.config.app = ASGIStaticFilesHandler(self.server.config.app)
 
 
 async def launch_chromium(playwright: Playwright) -> Browser:

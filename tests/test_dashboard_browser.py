@@ -4,7 +4,7 @@ while a Twilio-protocol client and a fake Realtime model carry real simulated ca
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -15,7 +15,6 @@ from calls.models import Call, CallEvent
 from .agent_harness import SALES_NUMBER, finish, make_agent, start_call
 from .browser import (
     OUTPUT_DIR,
-    ConsoleServer,
     PageErrors,
     call_card,
     launch_chromium,
@@ -26,18 +25,15 @@ from .browser import (
 from .dashboard_helpers import ACTION_PERMISSIONS, make_staff
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
-pytest_plugins = ["tests.agent_harness"]  # realtime, rest
+pytest_plugins = ["tests.agent_harness"]  # asgi_server, realtime, rest
 
 GREETING = "Hello, you are through to the front desk. How can I help you today?"
 TARGETS = (("reception", "+14155550199", True), ("sales", SALES_NUMBER, False))
 
 
-@pytest.fixture(scope="session")
-def console_server() -> Iterator[ConsoleServer]:
-    server = ConsoleServer()
-    server.start()
-    yield server
-    server.stop()
+@pytest.fixture
+def console_server(asgi_server):
+    return asgi_server
 
 
 @pytest.fixture

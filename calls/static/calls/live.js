@@ -400,8 +400,9 @@
     }
 
     async function act(call, action, fields = {}) {
-        const body = new FormData();
-        for (const [name, value] of Object.entries(fields)) body.append(name, value);
+        // URL-encoded, not FormData: daphne (Twisted) answers 400 to an empty multipart
+        // body, which is what a Hang up or Clear with no fields would send.
+        const body = new URLSearchParams(fields);
         showOutcome(call, "pending", PENDING[action]);
         setBusy(call, true);
         try {
