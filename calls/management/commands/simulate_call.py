@@ -66,10 +66,10 @@ class Command(BaseCommand):
             default=DEFAULT_DURATION_S,
             help="hang up after this many seconds (%(default)s)",
         )
-        for kind, what in (
-            ("dtmf", "press KEYS (e.g. 0 or #)"),
-            ("say", "speak TEXT (espeak-ng)"),
-            ("audio", "play FILE.wav as the caller"),
+        for kind, metavar, what in (
+            ("dtmf", "KEYS", "press KEYS (0-9 * #)"),
+            ("say", "TEXT", "speak TEXT (espeak-ng)"),
+            ("audio", "FILE", "play FILE (a WAV) as the caller"),
         ):
             parser.add_argument(
                 f"--{kind}",
@@ -77,9 +77,9 @@ class Command(BaseCommand):
                 action="append",
                 type=_action_type(kind),
                 default=[],
-                metavar=f"{kind.upper() if kind != 'audio' else 'FILE'}[@TIME]",
-                help=f"{what} at TIME (5s, 800ms) into the stream, or in turn when the line is"
-                " quiet; repeatable",
+                metavar=f"{metavar}[@TIME]",
+                help=f"{what} at TIME into the stream (5s, 2.5s, 800ms), or without @TIME in"
+                " turn, once the line is quiet; repeatable",
             )
         parser.add_argument("--record", type=Path, help="write what the caller heard to a WAV")
         parser.add_argument(
@@ -87,9 +87,6 @@ class Command(BaseCommand):
             type=int,
             default=8010,
             help="port of the Twilio REST emulator; the server's TWILIO_API_BASE_URL (%(default)s)",
-        )
-        parser.add_argument(
-            "--verbose", action="store_true", help="log every mark as it is sent and echoed"
         )
         parser.add_argument(
             "--no-input", action="store_true", help="do not read keys and sentences from stdin"
@@ -110,10 +107,15 @@ class Command(BaseCommand):
             rest_port=options["rest_port"],
             record_path=options["record"],
             watch_database=not options["no_transcript"],
-            verbose=options["verbose"],
+            verbose=options["verbosity"] >= 2,  # -v 2: every mark too
             log=self.stdout.write,
         )
         interactive = not options["no_input"] and sys.stdin.isatty()
+        if not interactive and not options["actions"]:
+            self.stdout.write(
+                "No script and no terminal input: the caller stays silent. Try --dtmf 0@5s,"
+                ' --say "I want a person" or --dtmf "#" (see --help).'
+            )
         try:
             result = asyncio.run(self._run(call, interactive))
         except SimulationError as error:

@@ -1,0 +1,302 @@
+"""`simulate_call` against a real server: daphne in a subprocess, on production settings.
+
+The server runs as deployed behind a TLS proxy: PUBLIC_URL is https://voicebot.example.com
+and the simulator, like the proxy, sends each request to daphne's own address while signing
+it over the public URL. Its REST API base URL is the simulator's Twilio emulator.
+"""
+
+import io
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import wave
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from agents import speech
+from agents.backends.local import GOODBYE
+from agents.management.commands.seed_demo import DEMO_NUMBER, DEMO_TARGET_NUMBER
+from calls.media.audio import ulaw_rms, ulaw_to_wav
+from calls.simulator.call import (
+    BadSignatureConfiguration,
+    NoAgent,
+    RestPortInUse,
+    ServerUnreachable,
+    SimulatedCall,
+    parse_action,
+    parse_answer,
+)
+from calls.twiml import unrouted
+from voicebot.test_settings import TEST_ENVIRONMENT
+
+from .conftest import free_port, wait_for_port
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_GREETING = "Hello, you have reached the voicebot demo. How can I help you today?"
+
+
+class Server:
+    def __init__(self, url: str, rest_port: int, database: Path, log: Path) -> None:
+        self.url, self.rest_port, self.database, self.log = url, rest_port, database, log
+
+    def call_row(self, call_sid: str) -> dict:
+        with sqlite3.connect(self.database) as db:
+            db.row_factory = sqlite3.Row
+            row = db.execute("SELECT * FROM calls_call WHERE sid = ?", [call_sid]).fetchone()
+        return dict(row)
+
+    def event_kinds(self, call_sid: str) -> list[str]:
+        with sqlite3.connect(self.database) as db:
+            rows = db.execute(
+                "SELECT e.kind FROM calls_callevent e JOIN calls_call c ON e.call_id = c.id"
+                " WHERE c.sid = ? ORDER BY e.id",
+                [call_sid],
+            ).fetchall()
+        return [kind for (kind,) in rows]
+
+
+def manage(env: dict, *args: str) -> None:
+    subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, check=True, capture_output=True
+    )
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Server:
+    directory = tmp_path_factory.mktemp("server")
+    port, rest_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        **TEST_ENVIRONMENT,
+        "DJANGO_SETTINGS_MODULE": "voicebot.settings",
+        "SQLITE_PATH": str(directory / "db.sqlite3"),
+        "TWILIO_API_BASE_URL": f"http://127.0.0.1:{rest_port}",
+        "OPENAI_API_KEY": "",  # the demo agent then uses the local backend
+    }
+    manage(env, "migrate", "--noinput")
+    manage(env, "seed_demo")
+    # Without a default agent, other numbers reach nobody (for the "no agent" test).
+    manage(
+        env,
+        "shell",
+        "-c",
+        "from agents.models import Agent; Agent.objects.update(is_default=False)",
+    )
+    log = directory / "daphne.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "daphne",
+                "-b",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "voicebot.asgi:application",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for_port(port, process=process)
+        yield Server(f"http://127.0.0.1:{port}", rest_port, directory / "db.sqlite3", log)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def simulated(server: Server, **kwargs) -> SimulatedCall:
+    lines = kwargs.pop("lines", [])
+    return SimulatedCall(
+        server_url=server.url,
+        to_number=kwargs.pop("to_number", DEMO_NUMBER),
+        rest_port=server.rest_port,
+        log=lines.append,
+        **kwargs,
+    )
+
+
+def ms(text: str) -> int:
+    return len(speech.synthesize(text)) // 8
+
+
+# --- whole calls ----------------------------------------------------------------------------
+
+
+async def test_the_agent_greets_and_pound_ends_the_call_after_the_goodbye(server, tmp_path):
+    recording = tmp_path / "heard.wav"
+    call = simulated(
+        server, actions=[parse_action("dtmf", "#")], duration_s=30, record_path=recording
+    )
+    result = await call.run()
+
+    assert result.end_reason == "hangup", result.end_detail
+    assert result.rest_requests == ["hangup → 200"]
+    assert result.errors == []
+    # Both the greeting and the whole goodbye played before the hang-up.
+    stream = result.stream
+    assert stream["clears"] == 0
+    assert stream["marks_echoed"] == stream["marks_sent_by_server"] > 0
+    assert result.heard_s * 1000 >= ms(DEMO_GREETING) + ms(GOODBYE) - 100
+    with wave.open(io.BytesIO(recording.read_bytes())) as wav:
+        assert (wav.getframerate(), wav.getnchannels()) == (8000, 1)
+        assert wav.getnframes() == len(result.heard_ulaw)
+    assert ulaw_rms(result.heard_ulaw) > 500
+    row = server.call_row(result.call_sid)
+    assert (row["status"], row["end_reason"]) == ("completed", "agent_ended")
+    assert row["duration_seconds"] >= 1
+    kinds = server.event_kinds(result.call_sid)
+    assert {"answered", "stream_connected", "stream-started", "hangup", "stream-stopped"} <= set(
+        kinds
+    )
+
+
+async def test_pressing_0_transfers_to_the_default_target(server):
+    call = simulated(server, actions=[parse_action("dtmf", "0@1.5s")], duration_s=20)
+    result = await call.run()
+
+    assert result.end_reason == "transfer", result.end_detail
+    assert result.transferred_to == DEMO_TARGET_NUMBER
+    assert result.stream["clears"] == 1  # the greeting stops at once
+    assert result.errors == []
+    row = server.call_row(result.call_sid)
+    assert (row["end_reason"], row["transferred_to"]) == ("transferred", DEMO_TARGET_NUMBER)
+    assert row["status"] == "completed"
+
+
+@pytest.mark.parametrize("source", ["say", "audio"])
+async def test_the_caller_talking_over_the_greeting_cuts_it_off(server, tmp_path, source):
+    sentence = "Wait a moment please"
+    spec = f"{sentence}@1.5s"
+    if source == "audio":
+        wav = tmp_path / "caller.wav"
+        wav.write_bytes(ulaw_to_wav(speech.synthesize(sentence)))
+        spec = f"{wav}@1.5s"
+    lines = []
+    call = simulated(server, actions=[parse_action(source, spec)], duration_s=6, lines=lines)
+    result = await call.run()
+
+    assert result.end_reason == "duration"
+    assert result.stream["clears"] == 1
+    assert result.marks_after_clear >= 1
+    assert result.heard_s < ms(DEMO_GREETING) / 1000  # the greeting was not heard out
+    cleared_at = next(index for index, line in enumerate(lines) if "clear:" in line)
+    assert any("agent speaking" in line for line in lines[cleared_at:])  # it answered
+    assert "barge_in" in server.event_kinds(result.call_sid)
+
+
+def test_the_command_runs_a_call_and_prints_a_summary(server):
+    output = io.StringIO()
+    call_command(
+        "simulate_call",
+        "--server",
+        server.url,
+        "--rest-port",
+        str(server.rest_port),
+        "--dtmf",
+        "0@1s",
+        "--duration",
+        "15",
+        "--no-input",
+        "--no-transcript",
+        stdout=output,
+    )
+
+    text = output.getvalue()
+    assert "Call summary" in text
+    assert f"transfer: transferred to {DEMO_TARGET_NUMBER}" in text
+
+
+# --- clear errors ---------------------------------------------------------------------------
+
+
+async def test_it_says_when_the_server_is_not_running():
+    call = SimulatedCall(
+        server_url=f"http://127.0.0.1:{free_port()}",
+        to_number=DEMO_NUMBER,
+        rest_port=free_port(),
+        log=lambda line: None,
+    )
+
+    with pytest.raises(ServerUnreachable, match="Is `make run` running?"):
+        await call.run()
+
+
+def test_the_command_reports_the_server_not_running():
+    with pytest.raises(CommandError, match="Is `make run` running?"):
+        call_command(
+            "simulate_call",
+            "--server",
+            f"http://127.0.0.1:{free_port()}",
+            "--rest-port",
+            str(free_port()),
+            "--no-input",
+            stdout=io.StringIO(),
+        )
+
+
+async def test_it_explains_a_bad_signature_configuration(server):
+    call = simulated(server, public_url="https://somewhere-else.example.com")
+
+    with pytest.raises(BadSignatureConfiguration, match="TWILIO_AUTH_TOKEN/PUBLIC_URL differ"):
+        await call.run()
+
+
+async def test_it_says_when_no_agent_answers_the_number(server):
+    call = simulated(server, to_number="+14155550111")
+
+    with pytest.raises(NoAgent, match=r"No agent for \+14155550111"):
+        await call.run()
+    assert server.call_row(call.call_sid)["end_reason"] == "no_agent"
+
+
+async def test_it_says_when_the_rest_port_is_taken():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        call = SimulatedCall(to_number=DEMO_NUMBER, rest_port=port, log=lambda line: None)
+
+        with pytest.raises(RestPortInUse, match=f"127.0.0.1:{port}.*in use"):
+            await call.run()
+
+
+# --- parsing --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "spec", "value", "at_s"),
+    [
+        ("dtmf", "0@5s", "0", 5.0),
+        ("dtmf", "#", "#", None),
+        ("dtmf", "12#@2.5", "12#", 2.5),
+        ("say", "I want a person@3s", "I want a person", 3.0),
+        ("say", "meet me @ noon", "meet me @ noon", None),
+        ("say", "hello@800ms", "hello", 0.8),
+    ],
+)
+def test_it_parses_scripted_actions(kind, spec, value, at_s):
+    action = parse_action(kind, spec)
+
+    assert (action.kind, action.value, action.at_s) == (kind, value, at_s)
+
+
+@pytest.mark.parametrize(
+    ("kind", "spec"), [("dtmf", "a@1s"), ("say", "@3s"), ("audio", "/no/such.wav")]
+)
+def test_it_refuses_bad_actions(kind, spec):
+    with pytest.raises(ValueError):
+        parse_action(kind, spec)
+
+
+def test_a_say_and_hangup_answer_means_no_agent():
+    with pytest.raises(NoAgent, match="not taking calls"):
+        parse_answer(unrouted())
