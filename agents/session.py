@@ -211,12 +211,10 @@ class AgentSession:
         target = config.default_target
         if digit == config.transfer_digit and target is not None:
             self._cut_off("dtmf_transfer_cut_off", Actor.CALLER)
-            backend.add_context(
-                f"The caller pressed {digit} to reach a person and is being transferred."
-            )
+            backend.keypad(digit, transferring=True)
             self._spawn(self._dtmf_transfer(digit, target), "dtmf-transfer", tool=True)
             return
-        backend.add_context(f"The caller pressed the {digit} key on their phone.")
+        backend.keypad(digit, transferring=False)
         if self._dtmf_timer is not None:
             self._dtmf_timer.cancel()
         self._dtmf_timer = asyncio.get_running_loop().call_later(

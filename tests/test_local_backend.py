@@ -25,7 +25,6 @@ from agents.tools import END_CALL, TRANSFER_TO_HUMAN
 from calls.media.audio import FRAME_BYTES, frames, silence, ulaw_rms
 
 # What agents/session.py tells the model about keys.
-PRESSED = "The caller pressed the {} key on their phone."
 
 
 def config(**overrides) -> AgentConfig:
@@ -156,7 +155,7 @@ async def test_cancel_response_stops_a_reply_being_generated(backend):
 
 
 async def test_pound_says_goodbye_then_calls_end_call(backend):
-    backend.add_context(PRESSED.format("#"))
+    backend.keypad("#", transferring=False)
     backend.create_response()
     events = await collect(backend, ResponseDone)
 
@@ -170,7 +169,7 @@ async def test_pound_says_goodbye_then_calls_end_call(backend):
 
 
 async def test_zero_asks_for_the_default_target(backend):
-    backend.add_context(PRESSED.format("0"))
+    backend.keypad("0", transferring=False)
     backend.create_response()
     events = await collect(backend, ResponseDone)
 
@@ -184,7 +183,7 @@ async def test_it_leaves_the_transfer_key_to_the_session():
     backend = LocalBackend(config(transfer_digit="0"), call_sid="CA1")
     await backend.connect()
     try:
-        backend.add_context("The caller pressed 0 to reach a person and is being transferred.")
+        backend.keypad("0", transferring=True)
         backend.create_response()
         events = await collect(backend, ResponseDone)
     finally:
@@ -194,7 +193,7 @@ async def test_it_leaves_the_transfer_key_to_the_session():
 
 
 async def test_other_keys_get_the_menu(backend):
-    backend.add_context(PRESSED.format("5"))
+    backend.keypad("5", transferring=False)
     backend.create_response()
     events = await collect(backend, ResponseDone)
 

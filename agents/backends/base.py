@@ -195,6 +195,18 @@ class Backend(ABC):
     def add_context(self, text: str) -> None:
         """Tell the model something that happened on the call (e.g. a key pressed)."""
 
+    def keypad(self, digit: str, *, transferring: bool) -> None:
+        """The caller pressed a key. `transferring`: the session is already transferring on it.
+
+        A model hears about it as context; a backend with its own menu overrides this.
+        """
+        if transferring:
+            self.add_context(
+                f"The caller pressed {digit} to reach a person and is being transferred."
+            )
+        else:
+            self.add_context(f"The caller pressed the {digit} key on their phone.")
+
     @abstractmethod
     def events(self) -> AsyncIterator[BackendEvent]:
         """Normalized events until the connection ends (after our close(): just stops)."""

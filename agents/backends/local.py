@@ -17,7 +17,6 @@ import base64
 import binascii
 import itertools
 import logging
-import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -62,8 +61,6 @@ REPLIES = (
 GOODBYE = "Thank you for calling. Goodbye!"
 CONNECTING = "Connecting you to a person now."
 NOBODY_TO_TRANSFER = "Sorry, there is nobody I can connect you to. " + MENU
-# How the session tells the model about a key (agents/session.py); see `_pressed_key`.
-_PRESSED = re.compile(r"\bpressed (?:the )?(?P<key>[0-9*#])(?= key|\s|\.|$)")
 
 
 @dataclass(frozen=True)
@@ -198,9 +195,12 @@ class LocalBackend(Backend):
         logger.info("Call %s: local agent got a tool result: %s", self.call_sid, output[:200])
 
     def add_context(self, text: str) -> None:
-        key = _pressed_key(text)
-        if key and not self._session_transfers(key):
-            self._pending_key = key
+        # There is no model to tell; the keypad menu below is all this agent understands.
+        logger.debug("Call %s: local agent ignores context: %s", self.call_sid, text)
+
+    def keypad(self, digit: str, *, transferring: bool) -> None:
+        if not transferring:
+            self._pending_key = digit
 
     # -- responses ------------------------------------------------------------------------
 
@@ -214,10 +214,6 @@ class LocalBackend(Backend):
             arguments = {"target": target.name, "reason": "the caller pressed 0"}
             return _Utterance(CONNECTING, TRANSFER_TO_HUMAN, arguments)
         return _Utterance(f"You pressed {'star' if key == '*' else key}. {MENU}")
-
-    def _session_transfers(self, key: str) -> bool:
-        # The session transfers on the agent's transfer key itself (it only tells us).
-        return key == self.config.transfer_digit and self.config.default_target is not None
 
     def _queue(self, utterance: _Utterance) -> None:
         if self._closing:
@@ -263,7 +259,3 @@ class LocalBackend(Backend):
         if self._events is not None and not self._closing:
             self._events.put_nowait(event)
 
-
-def _pressed_key(context: str) -> str:
-    match = _PRESSED.search(context)
-    return match["key"] if match else ""

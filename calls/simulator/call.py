@@ -32,7 +32,6 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import aiohttp
-from aiohttp import web
 from django.conf import settings
 from django.urls import reverse
 from websockets.exceptions import InvalidHandshake, InvalidStatus
@@ -150,45 +149,19 @@ def parse_answer(document: str) -> StreamInstructions:
 # --- the REST emulator, on the port the server expects ----------------------------------------
 
 
-class _RestEmulator(TwilioRestEmulator):
-    """`TwilioRestEmulator` on a fixed address, logging each request as it is answered."""
-
-    def __init__(self, *, host: str, port: int, on_request: Callable, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.host, self.port = host, port
-        self._on_request = on_request
-
-    async def start(self) -> None:
-        logged = 0
-
-        @web.middleware
-        async def log_requests(request: web.Request, handler: Callable) -> web.StreamResponse:
-            nonlocal logged
-            response = await handler(request)
-            for record in self.requests[logged:]:
-                self._on_request(record)
-            logged = len(self.requests)
-            return response
-
-        app = web.Application(middlewares=[log_requests])
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        try:
-            await web.TCPSite(self._runner, self.host, self.port).start()
-        except OSError as error:
-            await self._runner.cleanup()
-            self._runner = None
-            if error.errno == errno.EADDRINUSE:
-                raise RestPortInUse(
-                    f"the Twilio REST emulator cannot listen on {self.host}:{self.port}: the port"
-                    " is in use (another simulate_call still running?). Stop it, or pick"
-                    " another port with --rest-port and start the server with"
-                    f" TWILIO_API_BASE_URL=http://{self.host}:<that port>"
-                ) from None
+async def _start_rest_emulator(rest: TwilioRestEmulator) -> None:
+    """Start it on the port the server was told (TWILIO_API_BASE_URL), or say what to do."""
+    try:
+        await rest.start()
+    except OSError as error:
+        if error.errno != errno.EADDRINUSE:
             raise
-        self._port = self.port
-        self._new_request = asyncio.Condition()
+        raise RestPortInUse(
+            f"the Twilio REST emulator cannot listen on {rest.host}:{rest.port}: the port"
+            " is in use (another simulate_call still running?). Stop it, or pick"
+            " another port with --rest-port and start the server with"
+            f" TWILIO_API_BASE_URL=http://{rest.host}:<that port>"
+        ) from None
 
 
 # --- the result -------------------------------------------------------------------------------
@@ -283,7 +256,7 @@ class SimulatedCall:
         self.account_sid = settings.TWILIO_ACCOUNT_SID
         self.call_sid = "CA" + secrets.token_hex(16)
         self.result = CallResult(self.call_sid, to_number, from_number)
-        self.rest = _RestEmulator(
+        self.rest = TwilioRestEmulator(
             host=rest_host,
             port=rest_port,
             on_request=self._rest_request,
@@ -319,7 +292,7 @@ class SimulatedCall:
     async def run(self) -> CallResult:
         loop = asyncio.get_running_loop()
         self._started_at = loop.time()
-        await self.rest.start()
+        await _start_rest_emulator(self.rest)
         self._warn_if_server_talks_elsewhere()
         try:
             async with aiohttp.ClientSession(

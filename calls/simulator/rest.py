@@ -127,7 +127,13 @@ class TwilioRestEmulator:
         on_hangup: Hook | None = None,
         on_twiml: Hook | None = None,
         on_create: Hook | None = None,
+        on_request: Callable[[RestRequest], object] | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
     ) -> None:
+        """`port` 0 picks a free one; `on_request` sees each request once it is answered."""
+        self.host, self.port = host, port
+        self.on_request = on_request
         self.auto_register = auto_register
         self.auth_token = auth_token
         self.on_hangup = on_hangup
@@ -150,7 +156,12 @@ class TwilioRestEmulator:
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        try:
+            await web.TCPSite(self._runner, self.host, self.port).start()
+        except OSError:
+            await self._runner.cleanup()
+            self._runner = None
+            raise
         self._port = self._runner.addresses[0][1]
         self._new_request = asyncio.Condition()
 
@@ -177,7 +188,7 @@ class TwilioRestEmulator:
     def base_url(self) -> str:
         if self._port is None:
             raise RuntimeError("TwilioRestEmulator is not started")
-        return f"http://127.0.0.1:{self._port}"
+        return f"http://{self.host}:{self._port}"
 
     # -- state and assertions ----------------------------------------------------------------
 
@@ -277,6 +288,8 @@ class TwilioRestEmulator:
         response = self._respond(request, record, calls_match is not None)
         record.status = response.status
         self.requests.append(record)
+        if self.on_request is not None:
+            self.on_request(record)
         async with self._new_request:
             self._new_request.notify_all()
         return response
