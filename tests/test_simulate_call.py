@@ -6,12 +6,12 @@ it over the public URL. Its REST API base URL is the simulator's Twilio emulator
 """
 
 import io
-import os
 import socket
 import sqlite3
 import subprocess
 import sys
 import wave
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,9 +32,9 @@ from calls.simulator.call import (
     parse_answer,
 )
 from calls.twiml import unrouted
-from voicebot.test_settings import TEST_ENVIRONMENT
 
-from .conftest import free_port, wait_for_port
+from .conftest import free_port
+from .servers import daphne, server_environment
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_GREETING = "Hello, you have reached the voicebot demo. How can I help you today?"
@@ -67,17 +67,15 @@ def manage(env: dict, *args: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Server:
+def server(tmp_path_factory) -> Iterator[Server]:
     directory = tmp_path_factory.mktemp("server")
-    port, rest_port = free_port(), free_port()
-    env = {
-        **os.environ,
-        **TEST_ENVIRONMENT,
-        "DJANGO_SETTINGS_MODULE": "voicebot.settings",
+    rest_port = free_port()
+    overrides = {
         "SQLITE_PATH": str(directory / "db.sqlite3"),
         "TWILIO_API_BASE_URL": f"http://127.0.0.1:{rest_port}",
         "OPENAI_API_KEY": "",  # the demo agent then uses the local backend
     }
+    env = server_environment(**overrides)
     manage(env, "migrate", "--noinput")
     manage(env, "seed_demo")
     # Without a default agent, other numbers reach nobody (for the "no agent" test).
@@ -88,29 +86,8 @@ def server(tmp_path_factory) -> Server:
         "from agents.models import Agent; Agent.objects.update(is_default=False)",
     )
     log = directory / "daphne.log"
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "daphne",
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(port),
-                "voicebot.asgi:application",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        wait_for_port(port, process=process)
-        yield Server(f"http://127.0.0.1:{port}", rest_port, directory / "db.sqlite3", log)
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+    with daphne(log, **overrides) as url:
+        yield Server(url, rest_port, directory / "db.sqlite3", log)
 
 
 def simulated(server: Server, **kwargs) -> SimulatedCall:
