@@ -452,9 +452,10 @@ class AgentSession:
                 )
         self._segment_bytes = 0
         if self._active_response is not None and self.backend is not None:
-            # Server VAD may have cancelled it already; that race is benign.
+            # Server VAD may have cancelled it already; that race is benign. Naming it keeps
+            # a late cancel from cutting the reply the model starts next.
             self._dropped_responses.add(self._active_response)
-            self.backend.cancel_response()
+            self.backend.cancel_response(self._active_response)
         return truncated
 
     # -- tools -------------------------------------------------------------------------------

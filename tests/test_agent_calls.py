@@ -113,6 +113,8 @@ async def test_barge_in_cancels_an_answer_the_model_is_still_streaming(asgi_serv
     await asyncio.sleep(0.3)
 
     assert response.status == "cancelled"
+    # The cancel names the response, so a late one cannot cut the model's next reply.
+    assert [c.get("response_id") for c in model.cancels] == [response.id]
     assert response.audio_ms_sent < 1200
     assert live.played_ms == heard_ms
     assert abs(model.truncations[0]["audio_end_ms"] - heard_ms) <= HEARD_TOLERANCE_MS

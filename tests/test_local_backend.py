@@ -147,7 +147,7 @@ async def test_silence_and_line_noise_are_not_speech(backend):
 async def test_cancel_response_stops_a_reply_being_generated(backend):
     backend.say("A sentence long enough to take a moment to synthesise. " * 5)
     await asyncio.sleep(0)  # the synthesis is running in a worker thread
-    backend.cancel_response()
+    backend.cancel_response("local-response")
     events = await collect(backend, ResponseDone)
 
     assert [type(e) for e in events] == [ResponseCreated, ResponseDone]

@@ -184,8 +184,12 @@ class Backend(ABC):
         """The caller heard only the first `audio_end_ms` of this item's audio."""
 
     @abstractmethod
-    def cancel_response(self) -> None:
-        """Stop the response being generated, if any."""
+    def cancel_response(self, response_id: str) -> None:
+        """Stop that response if it is still being generated.
+
+        Naming it matters: by the time this arrives the model may have finished it, or
+        server VAD cancelled it and started the next one, which must not be cut.
+        """
 
     @abstractmethod
     def send_tool_result(self, call_id: str, output: str) -> None:

@@ -187,7 +187,8 @@ class LocalBackend(Backend):
     def truncate(self, item_id: str, audio_end_ms: int) -> None:
         self.truncated[item_id] = audio_end_ms
 
-    def cancel_response(self) -> None:
+    def cancel_response(self, response_id: str) -> None:
+        # One utterance at a time: whatever is speaking is the response the session means.
         if self._speaking is not None and not self._speaking.done():
             self._speaking.cancel()
 

@@ -223,9 +223,11 @@ class OpenAIRealtimeBackend(Backend):
             audio_end_ms=max(0, int(audio_end_ms)),
         )
 
-    def cancel_response(self) -> None:
+    def cancel_response(self, response_id: str) -> None:
         self._send_event(
-            "response.cancel", event_id=f"{_CANCEL_EVENT_PREFIX}{next(self._event_ids)}"
+            "response.cancel",
+            event_id=f"{_CANCEL_EVENT_PREFIX}{next(self._event_ids)}",
+            response_id=response_id,
         )
 
     def send_tool_result(self, call_id: str, output: str) -> None:
