@@ -1,0 +1,1010 @@
+"""The relay benchmark: `make bench` (`python -m bench.relay`).
+
+N concurrent calls through one server process pinned to core 0 (`taskset -c 0`), under
+daphne and under uvicorn. The load runs on the other core, in two processes:
+- bench.twilio_side: per call the signed voice webhook, then a media stream sending 50
+  caller frames/s in real time, playing the server's audio in real time, echoing marks and
+  honouring clear as Twilio does; plus Twilio's REST emulator and one staff dashboard socket
+  on the live feed (so transcript and event broadcasts are delivered);
+- bench.model_side: the fake Realtime server (tests/peers/realtime.py), streaming replies at
+  50 deltas/s with transcripts, and a caller barge-in every ~turn-ms.
+
+Every audio frame carries a unique key in its first bytes, so each direction is timed frame
+by frame, in the steady-state window only (after every call is up, plus a warm-up):
+- inbound:  Twilio client sends a media frame -> fake model receives that append;
+- outbound: fake model sends a delta -> Twilio client receives that media frame;
+- barge-in: fake model sends speech_started -> Twilio client receives clear (end to end),
+  and the server's own figure (speech_started parsed -> clear queued) from its barge_in events;
+- CPU per call: the server's utime+stime over the window / window / N, as % of one core.
+
+Output: a table on stdout and a JSON file in bench-output/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import platform
+import pstats
+import re
+import shutil
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from bisect import bisect_left
+from datetime import UTC, datetime
+from io import StringIO
+from pathlib import Path
+from typing import Any
+
+from .common import (
+    all_processes_cpu_seconds,
+    caller_key,
+    cpu_busy_seconds,
+    now,
+    others_cpu_seconds,
+    parse_model_key,
+    pin_to,
+    proc_cpu_ns,
+    proc_cpu_seconds,
+    proc_cpu_split,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+OUTPUT_DIR = ROOT / "bench-output"
+AGENT_NUMBER = "+14155550100"
+SERVER_CPU = 0
+LOAD_CPU = 1
+APPS = {"voicebot": "voicebot.asgi:application", "minimal": "bench.minimal:app"}
+# Targets from issue 4, at 50 calls with every feature on.
+TARGET_CPU_PER_CALL = {"daphne": 0.6, "uvicorn": 0.45}
+TARGET_P99_MS = 5.0
+
+
+# --- set-up -----------------------------------------------------------------------------------
+
+
+def base_environment(test_environment: dict[str, str]) -> dict[str, str]:
+    """tests/servers.py's server_environment, minus the per-run parts."""
+    env = {**os.environ, **test_environment}
+    env.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "voicebot.settings",
+            "PYTHONUNBUFFERED": "1",
+            "LOG_LEVEL": "WARNING",
+        }
+    )
+    env.pop("VOICEBOT_TEST_DATABASE", None)
+    return env
+
+
+def test_environment() -> dict[str, str]:
+    """voicebot/test_settings.py's TEST_ENVIRONMENT, read without importing that module
+    (importing it loads the settings at once, on whatever database the environment names)."""
+    source = (ROOT / "voicebot" / "test_settings.py").read_text()
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(target, ast.Name) and target.id == "TEST_ENVIRONMENT"
+            for target in node.targets
+        ):
+            # A dict of string expressions ("AC" + "1" * 32): evaluated with no builtins.
+            expression = compile(ast.Expression(node.value), "test_settings", "eval")
+            return eval(expression, {"__builtins__": {}})
+    raise RuntimeError("TEST_ENVIRONMENT not found in voicebot/test_settings.py")
+
+
+def prepare_database(path: Path) -> tuple[dict[str, str], str]:
+    """Migrate a fresh SQLite file, add the agent and a staff login; return env and cookie."""
+    env = base_environment(test_environment())
+    env["SQLITE_PATH"] = str(path)
+    os.environ.update(env)
+    import django
+    from django.conf import settings
+
+    django.setup()
+    if Path(settings.DATABASES["default"]["NAME"]) != path:
+        raise RuntimeError(f"settings name {settings.DATABASES['default']['NAME']}, not {path}")
+    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+    from django.contrib.auth.models import User
+    from django.contrib.sessions.backends.db import SessionStore
+    from django.core.management import call_command
+    from django.db import connections
+
+    from agents.models import Agent, TransferTarget
+
+    call_command("migrate", interactive=False, verbosity=0)
+    agent = Agent.objects.create(name="Bench desk", phone_number=AGENT_NUMBER, greeting="")
+    TransferTarget.objects.create(
+        agent=agent,
+        name="reception",
+        phone_number="+14155550199",
+        is_default=True,
+        description="The front desk team",
+    )
+    user = User.objects.create_superuser("bench", "bench@example.com", secrets_password())
+    session = SessionStore()
+    session[SESSION_KEY] = str(user.pk)
+    session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+    session[HASH_SESSION_KEY] = user.get_session_auth_hash()
+    session.create()
+    connections.close_all()
+    return env, f"sessionid={session.session_key}"
+
+
+def secrets_password() -> str:
+    import secrets
+
+    return secrets.token_urlsafe(16)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited with {process.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"the server is not listening on {port} after {timeout}s")
+
+
+def server_command(server: str, port: int, args: argparse.Namespace, profile: Path | None):
+    python = [sys.executable]
+    if profile is not None or args.preload:
+        python += ["-m", "bench.serve"]
+        if profile is not None:
+            python += ["--profile", str(profile)]
+        if args.preload:
+            python += ["--preload", args.preload]
+    application = APPS[args.app]
+    if server == "daphne":
+        command = python + ["-m", "daphne", "-b", "127.0.0.1", "-p", str(port)]
+        command += [application]
+    elif server == "uvicorn":
+        command = python + ["-m", "uvicorn", application]
+        command += ["--host", "127.0.0.1", "--port", str(port), "--ws", args.uvicorn_ws]
+        command += ["--no-access-log", "--ws-per-message-deflate", "false"]
+        command += ["--lifespan", "off", "--log-level", "warning"]
+    else:
+        raise SystemExit(f"unknown server {server!r}: use daphne or uvicorn")
+    if shutil.which("taskset"):
+        return ["taskset", "-c", str(SERVER_CPU), *command], None
+    return command, lambda: os.sched_setaffinity(0, {SERVER_CPU})
+
+
+class Peer:
+    """A load generator process speaking lines on stdin/stdout."""
+
+    def __init__(self, command: list[str], log: Path, env: dict[str, str]) -> None:
+        self.log = open(log, "wb")
+        profile_dir = os.environ.get("BENCH_PROFILE_PEERS")  # where the generators go: cProfile
+        if profile_dir:
+            name = command[2].rsplit(".", 1)[-1]
+            command = [
+                command[0],
+                "-m",
+                "cProfile",
+                "-o",
+                f"{profile_dir}/{name}.prof",
+                *command[1:],
+            ]
+        self.process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+            bufsize=1,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def say(self, line: str) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(line + "\n")
+        self.process.stdin.flush()
+
+    def expect(self, *prefixes: str, timeout: float = 120.0) -> str:
+        assert self.process.stdout is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.process.stdout.readline()
+            if not line:
+                raise RuntimeError(f"{self.process.args} exited; see {self.log.name}")
+            line = line.strip()
+            if line.startswith(prefixes):
+                return line
+        raise TimeoutError(f"no {prefixes} from {self.process.args}")
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            try:
+                self.process.stdin.close()  # type: ignore[union-attr]
+                self.process.wait(timeout=10)
+            except (OSError, subprocess.TimeoutExpired):
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+
+
+def stop_process(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def busy_elsewhere(seconds: float = 1.0) -> float:
+    """% of a core busy (max over cores) while nothing of ours runs: others' load."""
+    before = cpu_busy_seconds()
+    time.sleep(seconds)
+    after = cpu_busy_seconds()
+    return max(100 * (after[c][0] - before[c][0]) / seconds for c in after)
+
+
+def wait_until_quiet(limit_pct: float, max_wait_s: float) -> float:
+    """Wait (up to max_wait_s) until no core is busier than limit_pct; return the last load."""
+    deadline = time.monotonic() + max_wait_s
+    load = busy_elsewhere()
+    while load > limit_pct and time.monotonic() < deadline:
+        print(
+            f"  (machine busy: {load:.0f}% of a core used by other processes; waiting)", flush=True
+        )
+        time.sleep(4)
+        load = busy_elsewhere()
+    return load
+
+
+def is_noisy(result: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    """Why a run's figures are disturbed by other processes (worth running again)."""
+    if result["others_cpu_pct"] > args.noise_limit:
+        return [f"other processes used {result['others_cpu_pct']:.0f}% of a core"]
+    return []
+
+
+def limits_hit(result: dict[str, Any]) -> list[str]:
+    """Why a run's latencies say more about saturation than about the relay."""
+    why = []
+    if result["server_cpu_pct"] > 90:
+        why.append(f"the server is saturated ({result['server_cpu_pct']:.0f}% of its core)")
+    lateness = [result["twilio_side_lateness"], result["model_side_lateness"]]
+    late = sum(side["late_over_20ms"] for side in lateness)
+    frames = sum(side["frames"] for side in lateness)
+    if result["generator_cpu_pct"] > 90 or (frames and late / frames > 0.001):
+        why.append(
+            f"the load generators are saturated ({result['generator_cpu_pct']:.0f}% of core "
+            f"{LOAD_CPU}; {late} of {frames} frames sent > 20 ms late)"
+        )
+    return why
+
+
+# --- one run ------------------------------------------------------------------------------------
+
+
+def run_once(
+    server: str,
+    calls: int,
+    run: int,
+    args: argparse.Namespace,
+    env: dict[str, str],
+    cookie: str,
+    template_db: Path,
+    workdir: Path,
+) -> dict[str, Any]:
+    label = f"{server}-{calls}-{run}"
+    db = workdir / f"{label}.sqlite3"
+    shutil.copyfile(template_db, db)
+    peer_env = {**env, "SQLITE_PATH": str(db)}
+    model = Peer(
+        [
+            sys.executable,
+            "-m",
+            "bench.model_side",
+            "--cpu",
+            str(LOAD_CPU),
+            "--turn-ms",
+            str(args.turn_ms),
+            "--reply-ms",
+            str(args.reply_ms),
+            "--caller-speech-ms",
+            str(args.caller_speech_ms),
+            "--seed",
+            str(run * 1000 + calls),
+        ],
+        workdir / f"{label}-model.log",
+        peer_env,
+    )
+    twilio = Peer(
+        [
+            sys.executable,
+            "-m",
+            "bench.twilio_side",
+            "--cpu",
+            str(LOAD_CPU),
+            "--calls",
+            str(calls),
+            "--auth-token",
+            env["TWILIO_AUTH_TOKEN"],
+            "--public-url",
+            env["PUBLIC_URL"],
+            "--to-number",
+            AGENT_NUMBER,
+            "--cookie",
+            cookie,
+            "--dashboards",
+            str(args.dashboards),
+            "--seed",
+            str(run * 1000 + calls + 1),
+        ],
+        workdir / f"{label}-twilio.log",
+        peer_env,
+    )
+    process = None
+    server_log_path = workdir / f"{label}-server.log"
+    profile = workdir / f"{label}.prof" if args.profile else None
+    try:
+        model_url = model.expect("READY").split()[1]
+        rest_url = twilio.expect("REST").split()[1]
+        port = free_port()
+        command, preexec = server_command(server, port, args, profile)
+        server_env = {
+            **peer_env,
+            "OPENAI_REALTIME_URL": model_url,
+            "TWILIO_API_BASE_URL": rest_url,
+        }
+        with open(server_log_path, "wb") as server_log:
+            process = subprocess.Popen(
+                command,
+                cwd=ROOT,
+                env=server_env,
+                stdout=server_log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=preexec,
+            )
+        wait_for_port(port, process)
+        time.sleep(0.5)  # let the server finish importing before the first webhook
+        twilio.say(f"GO http://127.0.0.1:{port} ws://127.0.0.1:{port}")
+        started = twilio.expect("STARTED", "FAILED", timeout=args.start_timeout + 120)
+        if started.startswith("FAILED"):
+            raise RuntimeError(f"{label}: {started} (--keep keeps the logs)")
+        ramp_s = float(started.split()[2])
+        time.sleep(args.warmup)
+
+        pids = {"server": process.pid, "model": model.pid, "twilio": twilio.pid, "me": os.getpid()}
+        if profile is not None:
+            process.send_signal(signal.SIGUSR1)
+        cpu0 = {name: proc_cpu_ns(pid) / 1e9 for name, pid in pids.items()}
+        tick0 = proc_cpu_seconds(process.pid)
+        split0 = proc_cpu_split(process.pid)
+        cores0 = cpu_busy_seconds()
+        others0 = all_processes_cpu_seconds(set(pids.values()))
+        t_start, wall_start = now(), time.time()
+        time.sleep(args.seconds)
+        t_end, wall_end = now(), time.time()
+        cpu1 = {name: proc_cpu_ns(pid) / 1e9 for name, pid in pids.items()}
+        tick1 = proc_cpu_seconds(process.pid)
+        split1 = proc_cpu_split(process.pid)
+        cores1 = cpu_busy_seconds()
+        others1 = all_processes_cpu_seconds(set(pids.values()))
+        if profile is not None:
+            process.send_signal(signal.SIGUSR2)
+        window = t_end - t_start
+
+        twilio_path = workdir / f"{label}-twilio.pickle"
+        model_path = workdir / f"{label}-model.pickle"
+        twilio.say(f"STOP {twilio_path}")
+        twilio.expect("DONE", timeout=60)
+        time.sleep(1.0)  # the server writes each stream's end
+        model.say(f"DUMP {model_path}")
+        model.expect("DUMPED", timeout=60)
+        stop_process(process)
+        import pickle
+
+        with open(twilio_path, "rb") as f:
+            twilio_data = pickle.load(f)
+        with open(model_path, "rb") as f:
+            model_data = pickle.load(f)
+        if not args.keep:
+            twilio_path.unlink()
+            model_path.unlink()
+    finally:
+        if process is not None:
+            stop_process(process)
+        twilio.close()
+        model.close()
+
+    result = analyse(twilio_data, model_data, t_start, t_end, calls)
+    result.update(
+        {
+            "server": server,
+            "calls": calls,
+            "run": run,
+            "window_s": round(window, 3),
+            "ramp_s": ramp_s,
+            "server_cpu_pct": 100 * (cpu1["server"] - cpu0["server"]) / window,
+            "server_cpu_ticks_pct": 100 * (tick1 - tick0) / window,
+            "server_user_pct": 100 * (split1[0] - split0[0]) / window,
+            "server_sys_pct": 100 * (split1[1] - split0[1]) / window,
+            "twilio_side_cpu_pct": 100 * (cpu1["twilio"] - cpu0["twilio"]) / window,
+            "model_side_cpu_pct": 100 * (cpu1["model"] - cpu0["model"]) / window,
+            "orchestrator_cpu_pct": 100 * (cpu1["me"] - cpu0["me"]) / window,
+            "core_busy_pct": {
+                str(core): 100 * (cores1[core][0] - cores0[core][0]) / window for core in cores1
+            },
+            "others_cpu_pct": 100 * others_cpu_seconds(others0, others1) / window,
+            "core_softirq_pct": {
+                str(core): 100 * (cores1[core][1] - cores0[core][1]) / window for core in cores1
+            },
+            "server_events": server_events(db, wall_start, wall_end),
+            "server_log": server_log_summary(server_log_path),
+        }
+    )
+    result["cpu_per_call_pct"] = result["server_cpu_pct"] / calls
+    result["generator_cpu_pct"] = result["twilio_side_cpu_pct"] + result["model_side_cpu_pct"]
+    if profile is not None and profile.exists():
+        result["profile"] = profile_report(profile, args.profile_top)
+    if not args.keep:
+        db.unlink(missing_ok=True)
+    return result
+
+
+# --- analysis -----------------------------------------------------------------------------------
+
+
+def percentile(sorted_values: list[float], p: float) -> float | None:
+    if not sorted_values:
+        return None
+    index = min(len(sorted_values) - 1, max(0, round(p / 100 * (len(sorted_values) - 1))))
+    return sorted_values[index]
+
+
+def distribution(values_s: list[float]) -> dict[str, Any]:
+    values = sorted(v * 1000 for v in values_s)
+    return {
+        "n": len(values),
+        "p50_ms": percentile(values, 50),
+        "p90_ms": percentile(values, 90),
+        "p99_ms": percentile(values, 99),
+        "max_ms": values[-1] if values else None,
+    }
+
+
+def analyse(
+    twilio: dict[str, Any], model: dict[str, Any], t_start: float, t_end: float, n_calls: int
+) -> dict[str, Any]:
+    calls = twilio["calls"]
+    in_window = lambda t: t_start <= t < t_end  # noqa: E731
+
+    # Inbound: Twilio client sent frame k of call c -> the model received its append.
+    received_in = dict(zip(model["in_keys"], model["in_times"], strict=True))
+    inbound, lost_in, late_twilio = [], 0, []
+    for call in calls:
+        t0, index = call["t0"], call["index"]
+        for frame, sent in enumerate(call["sent_times"]):
+            if not in_window(sent):
+                continue
+            late_twilio.append(sent - (t0 + (frame + 1) * 0.02))
+            got = received_in.get(caller_key(index, frame))
+            if got is None:
+                lost_in += 1
+            else:
+                inbound.append(got - sent)
+
+    # Outbound: the model sent a delta -> the Twilio client received that media frame.
+    sent_out = dict(zip(model["out_keys"], model["out_times"], strict=True))
+    outbound, received_keys = [], set()
+    for call in calls:
+        for key, got in zip(call["recv_keys"], call["recv_times"], strict=True):
+            sent = sent_out.get(key)
+            received_keys.add(key)
+            if sent is not None and in_window(sent):
+                outbound.append(got - sent)
+    sent_in_window = [k for k, t in sent_out.items() if in_window(t)]
+    window = t_end - t_start
+    not_delivered = sum(k not in received_keys for k in sent_in_window)
+
+    # The model's own pacing: frame i of a response is due 20 ms after frame i - 1.
+    first_frame: dict[tuple[int, int], float] = {}
+    late_model = []
+    decoded = [
+        (parse_model_key(k), t) for k, t in zip(model["out_keys"], model["out_times"], strict=True)
+    ]
+    for (session, response, frame), t in decoded:
+        if frame == 0:
+            first_frame[(session, response)] = t
+    for (session, response, frame), t in decoded:
+        start = first_frame.get((session, response))
+        if start is not None and in_window(t):
+            late_model.append(t - (start + frame * 0.02))
+
+    # Barge-in: speech_started sent -> the call's clear received.
+    session_calls = model["summary"]["session_calls"]
+    clears_by_call = {call["index"]: call["clear_times"] for call in calls}
+    speech_by_call: dict[int, list[float]] = {}
+    for session, t in model["speech"]:
+        call_index = session_calls[session] if session < len(session_calls) else -1
+        speech_by_call.setdefault(call_index, []).append(t)
+    barge, barge_missed = [], 0
+    for call_index, times in speech_by_call.items():
+        clears = clears_by_call.get(call_index, [])
+        times.sort()
+        for i, t in enumerate(times):
+            if not in_window(t):
+                continue
+            following = times[i + 1] if i + 1 < len(times) else float("inf")
+            j = bisect_left(clears, t)
+            if j < len(clears) and clears[j] < min(following, t + 1.0):
+                barge.append(clears[j] - t)
+            else:
+                barge_missed += 1
+
+    def lateness(values: list[float]) -> dict[str, Any]:
+        values = sorted(values)
+        return {
+            "frames": len(values),
+            "late_over_5ms": sum(v > 0.005 for v in values),
+            "late_over_20ms": sum(v > 0.020 for v in values),
+            "p99_ms": (percentile(values, 99) or 0) * 1000,
+            "max_ms": (values[-1] if values else 0) * 1000,
+        }
+
+    errors = [e for call in calls for e in call["errors"]]
+    return {
+        "inbound": distribution(inbound) | {"lost": lost_in},
+        "outbound": distribution(outbound) | {"not_delivered": not_delivered},
+        "barge_in": distribution(barge) | {"speech_without_clear": barge_missed},
+        "frames_per_call_s": {
+            "inbound": len(inbound) / window / n_calls,
+            "outbound": len(sent_in_window) / window / n_calls,
+        },
+        "twilio_side_lateness": lateness(late_twilio),
+        "model_side_lateness": lateness(late_model),
+        "calls_closed_by_server": sum(call["closed_by_server"] for call in calls),
+        "media_received": sum(call["media_received"] for call in calls),
+        "marks_received": sum(call["marks_received"] for call in calls),
+        "mark_echoes_sent": sum(call["echoes_sent"] for call in calls),
+        "clears_received": sum(len(call["clear_times"]) for call in calls),
+        "protocol_errors": len(errors),
+        "protocol_error_examples": sorted(set(errors))[:5],
+        "dashboards": twilio["dashboards"],
+        "rest_requests": twilio["rest_requests"],
+        "model": model["summary"] | {"session_calls": None},
+    }
+
+
+def server_events(db: Path, wall_start: float, wall_end: float) -> dict[str, Any]:
+    """What the server recorded: its own clear latency per barge-in, and the transcript."""
+    try:
+        return _server_events(db, wall_start, wall_end)
+    except sqlite3.Error as error:  # bench.minimal keeps no records
+        return {"error": str(error)}
+
+
+def _server_events(db: Path, wall_start: float, wall_end: float) -> dict[str, Any]:
+    start = datetime.fromtimestamp(wall_start, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    end = datetime.fromtimestamp(wall_end, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    with sqlite3.connect(db) as connection:
+        rows = connection.execute(
+            "SELECT data FROM calls_callevent WHERE kind = 'barge_in'"
+            " AND created_at >= ? AND created_at < ?",
+            (start, end),
+        ).fetchall()
+        kinds = dict(connection.execute("SELECT kind, COUNT(*) FROM calls_callevent GROUP BY kind"))
+        transcript = connection.execute(
+            "SELECT COUNT(*) FROM calls_transcriptentry WHERE created_at >= ? AND created_at < ?",
+            (start, end),
+        ).fetchone()[0]
+    latencies = []
+    for (data,) in rows:
+        value = json.loads(data).get("clear_latency_ms")
+        if value is not None:
+            latencies.append(value / 1000)
+    return {
+        "clear_latency": distribution(latencies),
+        "transcript_entries_in_window": transcript,
+        "event_kinds": kinds,
+    }
+
+
+PROBLEM_LINE = re.compile(r"\b(WARNING|ERROR|CRITICAL)\b|^Traceback")
+
+
+def server_log_summary(path: Path) -> dict[str, Any]:
+    lines = path.read_text(errors="replace").splitlines()
+    problems = [line for line in lines if PROBLEM_LINE.search(line)]
+    return {"lines": len(lines), "warnings_or_errors": len(problems), "first": problems[:5]}
+
+
+PACKAGES = (
+    ("/autobahn/", "autobahn (daphne's WebSocket)"),
+    ("/twisted/", "twisted (daphne's reactor)"),
+    ("/daphne/", "daphne"),
+    ("/uvicorn/", "uvicorn"),
+    ("/websockets/", "websockets (model socket; uvicorn's WebSocket)"),
+    ("/channels/", "channels"),
+    ("/asgiref/", "asgiref"),
+    ("/django/", "django"),
+    ("/click/", "click (autobahn's debug-log colouring)"),
+    ("/txaio/", "txaio"),
+    ("/asyncio/", "asyncio"),
+    ("/work/main/calls/", "project: calls"),
+    ("/work/main/agents/", "project: agents"),
+)
+
+
+def package_of(filename: str) -> str:
+    for marker, name in PACKAGES:
+        if marker in filename:
+            return name
+    if filename == "~":
+        return "builtins (C: sockets, epoll, json, ...)"
+    return "other: " + filename.rsplit("/", 2)[-2] if "/" in filename else "other"
+
+
+def profile_report(path: Path, top: int) -> str:
+    out = StringIO()
+    stats = pstats.Stats(str(path), stream=out)
+    by_package: dict[str, float] = {}
+    total = idle = 0.0
+    for (filename, _line, name), (_cc, _nc, tottime, _ct, _callers) in stats.stats.items():
+        if name in (
+            "<method 'poll' of 'select.epoll' objects>",
+            "<method 'select' of 'select.epoll' objects>",
+        ):
+            idle += tottime  # waiting for the sockets: not work
+            continue
+        if filename == "~" and name in (
+            "<method 'send' of '_socket.socket' objects>",
+            "<method 'recv' of '_socket.socket' objects>",
+            "<method 'recv_into' of '_socket.socket' objects>",
+        ):
+            package = "socket send/recv syscalls (loopback TCP)"
+        else:
+            package = package_of(filename)
+        by_package[package] = by_package.get(package, 0.0) + tottime
+        total += tottime
+    out.write(
+        f"--- own time by package (tottime), of {total:.2f}s busy; {idle:.2f}s in epoll ---\n"
+    )
+    for package, seconds in sorted(by_package.items(), key=lambda kv: -kv[1]):
+        out.write(f"{100 * seconds / total:6.1f}%  {seconds:7.3f}s  {package}\n")
+    out.write("\n")
+    stats.sort_stats("tottime").print_stats(top)
+    out.write("\n--- by cumulative time ---\n")
+    stats.sort_stats("cumulative").print_stats(top)
+    return out.getvalue()
+
+
+# --- the report ---------------------------------------------------------------------------------
+
+
+def median_of(results: list[dict[str, Any]], *path: str) -> float | None:
+    values = []
+    for result in results:
+        value: Any = result
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        if value is not None:
+            values.append(value)
+    return statistics.median(values) if values else None
+
+
+SUMMARY_FIELDS = {
+    "cpu_per_call_pct": ("cpu_per_call_pct",),
+    "server_cpu_pct": ("server_cpu_pct",),
+    "server_user_pct": ("server_user_pct",),
+    "server_sys_pct": ("server_sys_pct",),
+    "inbound_p50_ms": ("inbound", "p50_ms"),
+    "inbound_p99_ms": ("inbound", "p99_ms"),
+    "outbound_p50_ms": ("outbound", "p50_ms"),
+    "outbound_p99_ms": ("outbound", "p99_ms"),
+    "clear_p50_ms": ("barge_in", "p50_ms"),
+    "clear_p99_ms": ("barge_in", "p99_ms"),
+    "server_clear_p50_ms": ("server_events", "clear_latency", "p50_ms"),
+    "server_clear_p99_ms": ("server_events", "clear_latency", "p99_ms"),
+    "generator_cpu_pct": ("generator_cpu_pct",),
+    "others_cpu_pct": ("others_cpu_pct",),
+    "in_frames_per_call_s": ("frames_per_call_s", "inbound"),
+    "out_frames_per_call_s": ("frames_per_call_s", "outbound"),
+    "twilio_late_over_5ms": ("twilio_side_lateness", "late_over_5ms"),
+    "model_late_over_5ms": ("model_side_lateness", "late_over_5ms"),
+}
+
+
+def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
+    return {name: median_of(results, *path) for name, path in SUMMARY_FIELDS.items()}
+
+
+def fmt(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def table(rows: list[tuple[str, int, dict[str, Any], int]]) -> str:
+    header = (
+        f"{'server':<8} {'calls':>5} {'runs':>4} {'cpu/call%':>9} {'srv cpu%':>8} "
+        f"{'in p50':>7} {'in p99':>7} {'out p50':>7} {'out p99':>7} "
+        f"{'clr p50':>7} {'clr p99':>7} {'srv clr p99':>11} {'gen cpu%':>8} "
+        f"{'late>5ms':>8} {'fps in/out':>10} {'others%':>7} {'noisy':>5}"
+    )
+    lines = [header, "-" * len(header)]
+    for server, calls, s, runs in rows:
+        late = (s["twilio_late_over_5ms"] or 0) + (s["model_late_over_5ms"] or 0)
+        lines.append(
+            f"{server:<8} {calls:>5} {runs:>4} {fmt(s['cpu_per_call_pct'], 3):>9} "
+            f"{fmt(s['server_cpu_pct'], 1):>8} "
+            f"{fmt(s['inbound_p50_ms']):>7} {fmt(s['inbound_p99_ms']):>7} "
+            f"{fmt(s['outbound_p50_ms']):>7} {fmt(s['outbound_p99_ms']):>7} "
+            f"{fmt(s['clear_p50_ms']):>7} {fmt(s['clear_p99_ms']):>7} "
+            f"{fmt(s['server_clear_p99_ms'], 3):>11} {fmt(s['generator_cpu_pct'], 1):>8} "
+            f"{late:>8.0f} "
+            f"{fmt(s['in_frames_per_call_s'], 0):>5}/{fmt(s['out_frames_per_call_s'], 0):<4} "
+            f"{fmt(s['others_cpu_pct'], 1):>7} "
+            f"{s.get('noisy_runs', 0):>3}/{runs}"
+            f"{'  SATURATED' if s.get('saturated_runs') else ''}"
+        )
+    return "\n".join(lines)
+
+
+LEGEND = """\
+cpu/call%   server CPU time (scheduler ns, all threads) over the window / window / calls,
+            as % of one core (median of runs)
+in/out      added relay latency per audio frame, ms: Twilio send -> model receive (in),
+            model send -> Twilio receive (out); includes loopback and the receiving
+            generator's own scheduling
+clr         barge-in, ms: fake model sends speech_started -> Twilio client receives clear
+srv clr     the server's own figure: speech_started parsed -> clear queued (barge_in events)
+gen cpu%    both load generator processes (core 1), % of one core
+late>5ms    frames the generators sent more than 5 ms after due, in the window (both sides)
+fps in/out  audio frames per call per second actually relayed (offered: 50 in, ~44 out)
+others%     CPU used by every other process on the machine in the window; should be ~0
+noisy       runs disturbed by other processes (> --noise-limit % of a core), after --retries
+SATURATED   the server's core > 90 % busy, or the generators' (> 90 %, or > 0.1 % of frames
+            sent 20 ms late): latencies then measure queueing, not the relay"""
+
+
+def check_targets(server: str, calls: int, s: dict[str, Any]) -> list[str]:
+    notes = []
+    target = TARGET_CPU_PER_CALL.get(server)
+    if calls == 50 and target is not None and s["cpu_per_call_pct"] is not None:
+        verdict = "meets" if s["cpu_per_call_pct"] < target else "MISSES"
+        notes.append(
+            f"{server} @50: cpu/call {s['cpu_per_call_pct']:.3f}% {verdict} target < {target}%"
+        )
+        for name in ("inbound_p99_ms", "outbound_p99_ms", "clear_p99_ms", "server_clear_p99_ms"):
+            value = s[name]
+            if value is not None:
+                verdict = "meets" if value < TARGET_P99_MS else "MISSES"
+                notes.append(
+                    f"{server} @50: {name} {value:.2f} ms {verdict} target < {TARGET_P99_MS} ms"
+                )
+    return notes
+
+
+# --- main ---------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.relay", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--calls", default="25,50,100", help="concurrent calls, comma-separated")
+    parser.add_argument("--seconds", type=float, default=20.0, help="measured window per run")
+    parser.add_argument("--servers", default="daphne,uvicorn", help="daphne and/or uvicorn")
+    parser.add_argument("--runs", type=int, default=1, help="runs per (server, calls); median")
+    parser.add_argument("--warmup", type=float, default=3.0, help="s after all calls are up")
+    parser.add_argument(
+        "--uvicorn-ws",
+        default="websockets-sansio",
+        choices=["websockets", "websockets-sansio", "wsproto"],
+        help="uvicorn's WebSocket implementation (wsproto is not installed)",
+    )
+    parser.add_argument(
+        "--app",
+        choices=sorted(APPS),
+        default="voicebot",
+        help="voicebot (the project) or minimal (bench.minimal: a bare relay, the floor)",
+    )
+    parser.add_argument("--turn-ms", type=int, default=5000, help="caller barges in this often")
+    parser.add_argument(
+        "--caller-speech-ms", type=int, default=600, help="caller speech per turn (model silent)"
+    )
+    parser.add_argument("--reply-ms", type=int, default=8000, help="length of each model reply")
+    parser.add_argument("--dashboards", type=int, default=1, help="staff live-feed sockets")
+    parser.add_argument("--start-timeout", type=float, default=60.0)
+    parser.add_argument(
+        "--noise-limit",
+        type=float,
+        default=10.0,
+        help="%% of a core other processes may use before a run counts as noisy",
+    )
+    parser.add_argument("--retries", type=int, default=2, help="re-runs of a noisy run")
+    parser.add_argument(
+        "--quiet-wait", type=float, default=60.0, help="s to wait for a quiet machine per run"
+    )
+    parser.add_argument("--quick", action="store_true", help="smoke run: 25 calls, 10 s")
+    parser.add_argument(
+        "--profile", action="store_true", help="cProfile the server's event loop in the window"
+    )
+    parser.add_argument("--profile-top", type=int, default=30)
+    parser.add_argument(
+        "--preload",
+        metavar="MODULE",
+        help="import MODULE in the server first (to measure a candidate optimization)",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the work directory and logs")
+    parser.add_argument("--json", type=Path, help="where to write the JSON (bench-output/...)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.calls, args.seconds, args.warmup = "25", 10.0, 2.0
+    args.call_counts = [int(n) for n in args.calls.split(",") if n.strip()]
+    args.server_list = [s.strip() for s in args.servers.split(",") if s.strip()]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if (os.cpu_count() or 1) < 2:
+        print("warning: one CPU only; server and load share it", file=sys.stderr)
+    pin_to({LOAD_CPU})
+    workdir = Path(tempfile.mkdtemp(prefix="voicebot-bench-"))
+    template = workdir / "template.sqlite3"
+    started = time.time()
+    print(f"bench: preparing the database in {workdir}", flush=True)
+    env, cookie = prepare_database(template)
+    load_before = os.getloadavg()
+
+    results: list[dict[str, Any]] = []
+    failures: list[str] = []
+    rows = []
+    notes: list[str] = []
+    try:
+        for server in args.server_list:
+            for calls in args.call_counts:
+                runs = []
+                for run in range(1, args.runs + 1):
+                    print(f"bench: {server}, {calls} calls, run {run}/{args.runs} ...", flush=True)
+                    for attempt in range(args.retries + 1):
+                        wait_until_quiet(args.noise_limit, args.quiet_wait)
+                        try:
+                            result = run_once(
+                                server, calls, run, args, env, cookie, template, workdir
+                            )
+                        except Exception as error:  # report it, go on with the next run
+                            print(f"  ! run failed: {error}", flush=True)
+                            failures.append(f"{server} {calls} run {run}: {error}")
+                            result = None
+                            break
+                        result["noise"] = is_noisy(result, args)
+                        result["limits"] = limits_hit(result)
+                        result["attempt"] = attempt + 1
+                        if not result["noise"] or attempt == args.retries:
+                            break
+                        print(
+                            f"  noisy ({'; '.join(result['noise'])}): running it again", flush=True
+                        )
+                    if result is None:
+                        continue
+                    runs.append(result)
+                    results.append(result)
+                    print(
+                        f"  cpu/call {result['cpu_per_call_pct']:.3f}%  "
+                        f"in p99 {fmt(result['inbound']['p99_ms'])} ms  "
+                        f"out p99 {fmt(result['outbound']['p99_ms'])} ms  "
+                        f"clear p99 {fmt(result['barge_in']['p99_ms'])} ms  "
+                        f"gen cpu {result['generator_cpu_pct']:.0f}%  "
+                        f"others {result['others_cpu_pct']:.1f}%",
+                        flush=True,
+                    )
+                    for problem in run_problems(result):
+                        print(f"  ! {problem}", flush=True)
+                if not runs:
+                    continue
+                summary = summarise(runs)
+                summary["noisy_runs"] = sum(bool(r.get("noise")) for r in runs)
+                summary["saturated_runs"] = sum(bool(r.get("limits")) for r in runs)
+                rows.append((server, calls, summary, len(runs)))
+                notes += check_targets(server, calls, summary)
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    print()
+    print(
+        f"Relay benchmark of {APPS[args.app]}: server on core {SERVER_CPU}, "
+        f"load on core {LOAD_CPU}, "
+        f"{args.seconds:g} s window, barge-in every ~{args.turn_ms} ms, "
+        f"uvicorn --ws {args.uvicorn_ws}"
+    )
+    print(table(rows))
+    print()
+    print(LEGEND)
+    if notes:
+        print()
+        print("\n".join(notes))
+    for result in results:
+        if "profile" in result:
+            print(
+                f"\n=== cProfile, {result['server']} {result['calls']} calls, run {result['run']}"
+                " (event-loop thread, window only; cProfile inflates Python call costs) ==="
+            )
+            print(result["profile"])
+
+    OUTPUT_DIR.mkdir(exist_ok=True)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = args.json or OUTPUT_DIR / f"relay-{stamp}.json"
+    document = {
+        "config": {k: v for k, v in vars(args).items() if k != "json"},
+        "machine": {
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "loadavg_before": load_before,
+            "platform": platform.platform(),
+        },
+        "summary": [
+            {"server": server, "calls": calls, "runs": runs, **summary}
+            for server, calls, summary, runs in rows
+        ],
+        "runs": results,
+        "failures": failures,
+        "duration_s": round(time.time() - started, 1),
+    }
+    path.write_text(json.dumps(document, indent=2, default=str))
+    print(f"\nJSON: {path}  (total {document['duration_s']} s)")
+    if args.keep:
+        print(f"work directory kept: {workdir}")
+    if failures:
+        print("FAILED runs:\n  " + "\n  ".join(failures))
+        return 1
+    return 0
+
+
+def run_problems(result: dict[str, Any]) -> list[str]:
+    problems = []
+    if result["calls_closed_by_server"]:
+        problems.append(f"the server closed {result['calls_closed_by_server']} streams")
+    if result["protocol_errors"]:
+        problems.append(
+            f"{result['protocol_errors']} Twilio protocol errors, e.g. "
+            f"{result['protocol_error_examples']}"
+        )
+    if result["inbound"]["lost"]:
+        problems.append(f"{result['inbound']['lost']} caller frames never reached the model")
+    if result["server_log"]["warnings_or_errors"]:
+        problems.append(
+            f"server logged {result['server_log']['warnings_or_errors']} warnings/errors, "
+            f"first: {result['server_log']['first'][:2]}"
+        )
+    for limit in result.get("limits", []):
+        problems.append(f"SATURATED: {limit}")
+    if result.get("noise"):
+        problems.append("NOISY, figures not reliable: " + "; ".join(result["noise"]))
+    for dashboard in result["dashboards"]:
+        if dashboard["error"]:
+            problems.append(f"staff dashboard socket: {dashboard['error']}")
+    return problems
+
+
+if __name__ == "__main__":
+    sys.exit(main())
