@@ -401,10 +401,9 @@ def stream_close(
     MediaStream.objects.filter(sid=stream_sid, status=StreamStatus.STARTED).update(
         status=StreamStatus.STOPPED
     )
-    if caller_left:
-        call_id = MediaStream.objects.filter(sid=stream_sid).values_list("call_id", flat=True)
-        for pk in call_id:
-            call_end_record(call_id=pk, reason=EndReason.CALLER_HANGUP, actor=Actor.CALLER)
+    stream = MediaStream.objects.filter(sid=stream_sid).only("call_id").first()
+    if caller_left and stream is not None:
+        call_end_record(call_id=stream.call_id, reason=EndReason.CALLER_HANGUP, actor=Actor.CALLER)
 
 
 def stream_bad_message_record(*, call_id: str, stream_sid: str, reason: str, detail: str) -> None:
