@@ -5,6 +5,7 @@ these functions and nothing else writes calls. They are synchronous ORM code; as
 wrap them in `channels.db.database_sync_to_async`.
 """
 
+import asyncio
 import base64
 import logging
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from django.utils import timezone
 from agents.models import Agent, TransferTarget
 
 from . import security, telephony, twiml
+from .media import audio
 from .models import (
     LIVE_CALLS_GROUP,
     STATUS_RANK,
@@ -557,10 +559,18 @@ async def call_clear_audio(*, call_id: str, actor: str, user: Any = None) -> Non
 
 
 async def call_play_audio(
-    *, call_id: str, ulaw: bytes, actor: str, user: Any = None, label: str = "announcement"
+    *, call_id: str, wav: bytes, actor: str, user: Any = None, label: str = "announcement"
 ) -> None:
-    """Play headerless 8 kHz mu-law into a live call, closed with a mark."""
-    duration_ms = len(ulaw) // 8
+    """Play a WAV (any rate, width or channels) into a live call, closed with one mark.
+
+    Converted here, off the event loop, to the headerless 8 kHz mu-law Twilio plays: a
+    file header sent as audio would play as a click.
+    """
+    try:
+        ulaw = await asyncio.to_thread(audio.wav_to_ulaw, wav)
+    except audio.AudioError as error:
+        raise CallControlError(f"Cannot play that file: {error}") from error
+    duration_ms = audio.duration_ms(ulaw)
     await _action_record(str(call_id), "play", actor, user, {"label": label, "ms": duration_ms})
     payload = base64.b64encode(ulaw).decode("ascii")
     await call_send(str(call_id), {"type": "call.play", "payload": payload, "label": label})

@@ -59,6 +59,10 @@ async def stream(quiet_agent, realtime, rest):
     await twilio.disconnect()
 
 
+def silent_wav(ms: int) -> bytes:
+    return audio.pcm16_to_wav(audio.ulaw_to_pcm16(audio.silence(ms)), 8000)
+
+
 async def call_of(stream: TwilioTestStream) -> Call:
     return await Call.objects.aget(sid=stream.call_sid)
 
@@ -182,7 +186,7 @@ async def test_dtmf_is_counted(stream):
 
 async def test_a_mark_echo_is_counted(stream):
     await services.call_play_audio(
-        call_id=str((await call_of(stream)).id), ulaw=audio.silence(100), actor="system"
+        call_id=str((await call_of(stream)).id), wav=silent_wav(100), actor="system"
     )
     mark = await stream.receive_event("mark")
     await stream.mark(mark["mark"]["name"])
@@ -256,15 +260,22 @@ async def test_a_repeated_bad_message_is_logged_once_and_counted_each_time(strea
 
 async def test_an_announcement_is_sent_as_headerless_frames_closed_by_one_mark(stream, tmp_path):
     # A WAV file, header and all, as staff might upload it: only its samples may go out.
-    wav = audio.pcm16_to_wav(audio.ulaw_to_pcm16(audio.silence(1000)), 8000)
+    wav = silent_wav(1000)
     call = await call_of(stream)
-    await services.call_play_audio(call_id=str(call.id), ulaw=audio.wav_to_ulaw(wav), actor="staff")
+    await services.call_play_audio(call_id=str(call.id), wav=wav, actor="staff")
     mark = await stream.receive_event("mark")
     media = [m for m in stream.received if m["event"] == "media"]
     assert len(media) == 50  # 1 s in 20 ms frames, every one checked by validate_outbound
     assert all(len(base64.b64decode(m["media"]["payload"])) == 160 for m in media)
     assert [m["event"] for m in stream.received].count("mark") == 1
     assert mark["mark"]["name"]
+
+
+async def test_a_file_that_is_not_a_wav_is_refused_and_nothing_is_sent(stream):
+    call = await call_of(stream)
+    with pytest.raises(services.CallControlError, match="Cannot play that file"):
+        await services.call_play_audio(call_id=str(call.id), wav=b"ID3 an mp3", actor="staff")
+    assert await stream.nothing_received()
 
 
 async def test_audio_produced_before_start_is_queued_not_sent_with_a_null_stream():
@@ -299,7 +310,7 @@ async def test_clear_reaches_the_stream_and_is_logged(stream):
 
 async def test_clear_drops_the_audio_still_playing(stream):
     call = await call_of(stream)
-    await services.call_play_audio(call_id=str(call.id), ulaw=audio.silence(2000), actor="staff")
+    await services.call_play_audio(call_id=str(call.id), wav=silent_wav(2000), actor="staff")
     mark = await stream.receive_event("mark")
     await services.call_clear_audio(call_id=str(call.id), actor="staff")
     await stream.receive_event("clear")
