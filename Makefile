@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint call bench clean
+.PHONY: run test lint call superuser bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +25,7 @@ run: $(VENV)/.runtime-installed
 	$(BIN)/python manage.py seed_demo
 	@echo
 	@echo "  voicebot is starting on http://$(HOST):$(PORT)/admin/"
-	@echo "  No staff login yet? In another terminal run:"
-	@echo "      $(BIN)/python manage.py createsuperuser"
+	@echo "  No staff login yet? In another terminal run:  make superuser"
 	@echo "  Then try a whole call with no phone:  make call"
 	@echo
 	$(BIN)/daphne -b $(HOST) -p $(PORT) voicebot.asgi:application
@@ -35,6 +34,11 @@ run: $(VENV)/.runtime-installed
 call: export DJANGO_DEBUG ?= true
 call: $(VENV)/.runtime-installed
 	$(BIN)/python manage.py simulate_call --server http://$(HOST):$(PORT) $(ARGS)
+
+# A staff login for the admin and the live view, on the same defaults as `make run`.
+superuser: export DJANGO_DEBUG ?= true
+superuser: $(VENV)/.runtime-installed
+	$(BIN)/python manage.py createsuperuser
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
