@@ -15,9 +15,22 @@ django_asgi_app = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402  (needs Django set up first)
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from django.conf import settings  # noqa: E402
+from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 from django.urls import path  # noqa: E402
 
 from calls.consumers import LiveCallsConsumer, MediaStreamConsumer  # noqa: E402
+
+
+def http_application(django_app=django_asgi_app):
+    """Django over HTTP; in development it also serves static files, as runserver would.
+
+    In production the proxy serves STATIC_ROOT (after collectstatic), so Python never does.
+    """
+    if settings.DEBUG:
+        return ASGIStaticFilesHandler(django_app)
+    return django_app
+
 
 websocket_routes = URLRouter(
     [
@@ -29,4 +42,4 @@ websocket_routes = URLRouter(
     ]
 )
 
-application = ProtocolTypeRouter({"http": django_asgi_app, "websocket": websocket_routes})
+application = ProtocolTypeRouter({"http": http_application(), "websocket": websocket_routes})
