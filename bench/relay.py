@@ -31,7 +31,6 @@ import pstats
 import re
 import shutil
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -43,6 +42,8 @@ from datetime import UTC, datetime
 from io import StringIO
 from pathlib import Path
 from typing import Any
+
+from tests.ports import free_port, wait_for_port
 
 from .common import (
     all_processes_cpu_seconds,
@@ -142,25 +143,6 @@ def secrets_password() -> str:
     import secrets
 
     return secrets.token_urlsafe(16)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server exited with {process.returncode} before listening")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"the server is not listening on {port} after {timeout}s")
 
 
 def server_command(server: str, port: int, args: argparse.Namespace, profile: Path | None):
@@ -383,7 +365,7 @@ def run_once(
                 stderr=subprocess.STDOUT,
                 preexec_fn=preexec,
             )
-        wait_for_port(port, process)
+        wait_for_port(port, process=process, timeout=30.0)
         time.sleep(0.5)  # let the server finish importing before the first webhook
         twilio.say(f"GO http://127.0.0.1:{port} ws://127.0.0.1:{port}")
         started = twilio.expect("STARTED", "FAILED", timeout=args.start_timeout + 120)

@@ -33,7 +33,7 @@ from calls.simulator.rest import TwilioRestEmulator
 from calls.simulator.stream import TwilioStreamClient
 from tests.peers.realtime import FakeRealtimeServer, FakeSession, Reply
 
-from .conftest import free_port, wait_for_port
+from .ports import free_port, wait_for_port
 from .twilio_helpers import ACCOUNT_SID, incoming_params, new_call_sid
 
 AGENT_NUMBER = "+14155550100"
@@ -196,15 +196,15 @@ class LiveCall:
         return await self.wait_until(stopped, timeout, "stream record closed")
 
 
-async def answer(server: AsgiServer, call_sid: str, to: str = AGENT_NUMBER) -> str:
-    """POST the voice webhook as Twilio does (signed); return the stream token from the TwiML."""
+async def answer(base_url: str, call_sid: str, to: str = AGENT_NUMBER) -> str:
+    """POST the voice webhook to `base_url` as Twilio does (signed); return the stream token."""
     path = "/twilio/voice/incoming"
     params = incoming_params(call_sid, to)
     signature = security.compute_signature(security.public_url(path), params)
     async with (
         aiohttp.ClientSession() as http,
         http.post(
-            server.http_url + path,
+            base_url + path,
             data=params,
             headers={security.SIGNATURE_HEADER: signature},
         ) as response,
@@ -225,7 +225,7 @@ async def start_call(
 ) -> LiveCall:
     """Answer a call and open its stream; wait for the model connection if there is one."""
     call_sid = new_call_sid()
-    token = await answer(server, call_sid)
+    token = await answer(server.http_url, call_sid)
     live = LiveCall(call_sid=call_sid, twilio=None, rest=rest)  # type: ignore[arg-type]
     live.twilio = TwilioStreamClient(
         server.stream_url,

@@ -1,8 +1,6 @@
 import os
 import shutil
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -11,6 +9,8 @@ import pytest
 pytest.register_assert_rewrite("tests.agent_harness")
 
 from agents.models import Agent, TransferTarget  # noqa: E402
+
+from .ports import free_port, wait_for_port  # noqa: E402
 
 
 def under_ci() -> bool:
@@ -30,25 +30,6 @@ def require_binary(name: str, *, why: str = "") -> str:
     if under_ci():
         pytest.fail(message)
     pytest.skip(message)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for_port(port: int, *, timeout: float = 20.0, process: subprocess.Popen | None = None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"process exited with {process.returncode} before listening")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on port {port} after {timeout}s")
 
 
 @pytest.fixture(scope="session")

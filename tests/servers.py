@@ -11,7 +11,7 @@ from django.conf import settings
 
 from voicebot.test_settings import TEST_ENVIRONMENT
 
-from .conftest import free_port, wait_for_port
+from .ports import free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 

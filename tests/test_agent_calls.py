@@ -342,7 +342,7 @@ async def test_a_failing_model_gets_an_apology_then_a_person_or_a_hang_up(
 async def test_a_refused_model_connection_plays_the_shipped_apology_then_transfers(
     asgi_server, rest, settings
 ):
-    from .conftest import free_port
+    from .ports import free_port
 
     settings.OPENAI_REALTIME_URL = f"ws://127.0.0.1:{free_port()}/v1/realtime"
     await make_agent()

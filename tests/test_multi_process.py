@@ -7,7 +7,6 @@ crosses between them goes through channels-redis (msgpack), as in production.
 
 import asyncio
 import re
-import xml.etree.ElementTree as ET
 
 import aiohttp
 import pytest
@@ -16,14 +15,14 @@ from django.contrib.auth.hashers import PBKDF2PasswordHasher
 from django.contrib.auth.models import Permission, User
 
 from agents.models import Agent
-from calls import security
 from calls.models import Call
 from calls.simulator.rest import TwilioRestEmulator
 from calls.simulator.stream import TwilioStreamClient
 from tests.peers.realtime import FakeRealtimeServer, Reply
 
+from .agent_harness import answer
 from .servers import daphne
-from .twilio_helpers import ACCOUNT_SID, incoming_params, new_call_sid
+from .twilio_helpers import ACCOUNT_SID, new_call_sid
 
 pytestmark = [pytest.mark.redis, pytest.mark.django_db(transaction=True)]
 
@@ -99,21 +98,6 @@ class StaffBrowser:
 
     async def close(self) -> None:
         await self.http.close()
-
-
-async def answer(base_url: str, call_sid: str) -> str:
-    """Twilio's signed voice webhook to `base_url`; returns the stream token."""
-    params = incoming_params(call_sid, "+14155550100")
-    signature = security.compute_signature(security.public_url("/twilio/voice/incoming"), params)
-    async with aiohttp.ClientSession() as http:
-        async with http.post(
-            f"{base_url}/twilio/voice/incoming",
-            data=params,
-            headers={"X-Twilio-Signature": signature, "X-Forwarded-Proto": "https"},
-        ) as response:
-            assert response.status == 200, await response.text()
-            document = await response.text()
-    return ET.fromstring(document).find("./Connect/Stream/Parameter").get("value")
 
 
 async def test_hangup_and_clear_from_another_process_reach_the_stream(redis_url, tmp_path):

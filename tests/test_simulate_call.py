@@ -33,7 +33,7 @@ from calls.simulator.call import (
 )
 from calls.twiml import unrouted
 
-from .conftest import free_port
+from .ports import free_port
 from .servers import daphne, server_environment
 
 ROOT = Path(__file__).resolve().parent.parent
