@@ -85,6 +85,8 @@ class StreamPort(Protocol):
     now_ms: int
 
     def send_audio(self, item_id: str, payload_b64: str, nbytes: int) -> None: ...
+    def hold(self) -> None: ...
+    async def flush(self) -> None: ...
     def end_segment(self) -> None: ...
     def clear(self) -> dict[str, int]: ...
     async def wait_played(self, timeout_s: float) -> bool: ...
@@ -286,11 +288,16 @@ class AgentSession:
         if self.config.greeting:
             self._awaiting_response = True
             backend.say(self.config.greeting)
+        port = self.port
         async for event in backend.events():
+            # What this event sends to Twilio is written here, not by waking the port's
+            # writer task: one task switch fewer per audio frame.
+            port.hold()
             try:
                 self._handle(event)
             except Exception:
                 logger.exception("Call %s: error handling %r", self.call_sid, event)
+            await port.flush()
             if self._failing:
                 return
 

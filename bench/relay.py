@@ -63,9 +63,18 @@ OUTPUT_DIR = ROOT / "bench-output"
 AGENT_NUMBER = "+14155550100"
 SERVER_CPU = 0
 LOAD_CPU = 1
-APPS = {"voicebot": "voicebot.asgi:application", "minimal": "bench.minimal:app"}
+APPS = {
+    "voicebot": "voicebot.asgi:application",
+    "channels": "bench.channels_relay:app",
+    "minimal": "bench.minimal:app",
+}
 # Targets from issue 4, at 50 calls with every feature on.
 TARGET_CPU_PER_CALL = {"daphne": 0.6, "uvicorn": 0.45}
+# performance.md's reference relay (bench.channels_relay), at 50 calls, on the machine the
+# targets were set on. `--reference` runs it here: the ratio of the two tells how this
+# machine compares, and each target as a share of the reference carries over.
+REFERENCE_CPU_PER_CALL = {"daphne": 0.75, "uvicorn": 0.54}
+REFERENCE_APP = "channels"
 TARGET_P99_MS = 5.0
 
 
@@ -145,7 +154,9 @@ def secrets_password() -> str:
     return secrets.token_urlsafe(16)
 
 
-def server_command(server: str, port: int, args: argparse.Namespace, profile: Path | None):
+def server_command(
+    server: str, port: int, args: argparse.Namespace, profile: Path | None, app: str
+):
     python = [sys.executable]
     if profile is not None or args.preload:
         python += ["-m", "bench.serve"]
@@ -153,7 +164,7 @@ def server_command(server: str, port: int, args: argparse.Namespace, profile: Pa
             python += ["--profile", str(profile)]
         if args.preload:
             python += ["--preload", args.preload]
-    application = APPS[args.app]
+    application = APPS[app]
     if server == "daphne":
         command = python + ["-m", "daphne", "-b", "127.0.0.1", "-p", str(port)]
         command += [application]
@@ -294,6 +305,7 @@ def run_once(
     cookie: str,
     template_db: Path,
     workdir: Path,
+    app: str,
 ) -> dict[str, Any]:
     label = f"{server}-{calls}-{run}"
     db = workdir / f"{label}.sqlite3"
@@ -350,7 +362,7 @@ def run_once(
         model_url = model.expect("READY").split()[1]
         rest_url = twilio.expect("REST").split()[1]
         port = free_port()
-        command, preexec = server_command(server, port, args, profile)
+        command, preexec = server_command(server, port, args, profile, app)
         server_env = {
             **peer_env,
             "OPENAI_REALTIME_URL": model_url,
@@ -421,6 +433,7 @@ def run_once(
     result.update(
         {
             "server": server,
+            "app": app,
             "calls": calls,
             "run": run,
             "window_s": round(window, 3),
@@ -725,7 +738,7 @@ def fmt(value: float | None, digits: int = 2) -> str:
 
 def table(rows: list[tuple[str, int, dict[str, Any], int]]) -> str:
     header = (
-        f"{'server':<8} {'calls':>5} {'runs':>4} {'cpu/call%':>9} {'srv cpu%':>8} "
+        f"{'server':<16} {'calls':>5} {'runs':>4} {'cpu/call%':>9} {'srv cpu%':>8} "
         f"{'in p50':>7} {'in p99':>7} {'out p50':>7} {'out p99':>7} "
         f"{'clr p50':>7} {'clr p99':>7} {'srv clr p99':>11} {'gen cpu%':>8} "
         f"{'late>5ms':>8} {'fps in/out':>10} {'others%':>7} {'noisy':>5}"
@@ -734,7 +747,7 @@ def table(rows: list[tuple[str, int, dict[str, Any], int]]) -> str:
     for server, calls, s, runs in rows:
         late = (s["twilio_late_over_5ms"] or 0) + (s["model_late_over_5ms"] or 0)
         lines.append(
-            f"{server:<8} {calls:>5} {runs:>4} {fmt(s['cpu_per_call_pct'], 3):>9} "
+            f"{server:<16} {calls:>5} {runs:>4} {fmt(s['cpu_per_call_pct'], 3):>9} "
             f"{fmt(s['server_cpu_pct'], 1):>8} "
             f"{fmt(s['inbound_p50_ms']):>7} {fmt(s['inbound_p99_ms']):>7} "
             f"{fmt(s['outbound_p50_ms']):>7} {fmt(s['outbound_p99_ms']):>7} "
@@ -784,6 +797,41 @@ def check_targets(server: str, calls: int, s: dict[str, Any]) -> list[str]:
     return notes
 
 
+CALIBRATION_LEGEND = f"""\
+Against performance.md's reference relay ({APPS[REFERENCE_APP]}), run here on the same
+load: 'machine' is its CPU per call here / there; 'share' is the project's CPU per call as a
+share of the reference's; the target share is the issue's target / the reference there."""
+
+
+def calibrate(rows: list, app: str) -> list[tuple[str, dict[str, Any]]]:
+    """Each (server, calls) run both as the app and as the reference: the ratios."""
+    figures = {(label, calls): s["cpu_per_call_pct"] for label, calls, s, _ in rows}
+    lines = []
+    for (label, calls), cpu in figures.items():
+        reference = figures.get((f"{label}:{REFERENCE_APP}", calls))
+        if ":" in label or reference is None or cpu is None or not reference:
+            continue
+        share = cpu / reference
+        entry = {"server": label, "calls": calls, "app_cpu_per_call_pct": cpu}
+        entry |= {"reference_cpu_per_call_pct": reference, "share_of_reference": share}
+        line = (
+            f"{label} @{calls}: {app} {cpu:.3f}% / reference {reference:.3f}% = share {share:.2f}"
+        )
+        there, target = REFERENCE_CPU_PER_CALL.get(label), TARGET_CPU_PER_CALL.get(label)
+        if there and target:
+            target_share = target / there
+            entry |= {"machine_factor": reference / there, "target_share": target_share}
+            entry["meets_target_share"] = share < target_share
+            verdict = "meets" if share < target_share else "MISSES"
+            line += (
+                f"; machine x{reference / there:.2f} ({there}% there); target share "
+                f"< {target_share:.2f} ({target}% / {there}%): {verdict}"
+                f" (= {target * reference / there:.3f}% per call here)"
+            )
+        lines.append((line, entry))
+    return lines
+
+
 # --- main ---------------------------------------------------------------------------------------
 
 
@@ -806,7 +854,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--app",
         choices=sorted(APPS),
         default="voicebot",
-        help="voicebot (the project) or minimal (bench.minimal: a bare relay, the floor)",
+        help="voicebot (the project), channels (performance.md's reference relay) or "
+        "minimal (a bare relay without Django or Channels, the floor)",
     )
     parser.add_argument("--turn-ms", type=int, default=5000, help="caller barges in this often")
     parser.add_argument(
@@ -835,6 +884,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="MODULE",
         help="import MODULE in the server first (to measure a candidate optimization)",
     )
+    parser.add_argument(
+        "--reference",
+        action="store_true",
+        help="also run performance.md's reference relay on the same load, and compare",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory and logs")
     parser.add_argument("--json", type=Path, help="where to write the JSON (bench-output/...)")
     args = parser.parse_args(argv)
@@ -861,52 +915,58 @@ def main(argv: list[str] | None = None) -> int:
     failures: list[str] = []
     rows = []
     notes: list[str] = []
+    apps = [args.app] + ([REFERENCE_APP] if args.reference and args.app != REFERENCE_APP else [])
+    plan = [
+        (app, server, calls)
+        for server in args.server_list
+        for calls in args.call_counts
+        for app in apps
+    ]
     try:
-        for server in args.server_list:
-            for calls in args.call_counts:
-                runs = []
-                for run in range(1, args.runs + 1):
-                    print(f"bench: {server}, {calls} calls, run {run}/{args.runs} ...", flush=True)
-                    for attempt in range(args.retries + 1):
-                        wait_until_quiet(args.noise_limit, args.quiet_wait)
-                        try:
-                            result = run_once(
-                                server, calls, run, args, env, cookie, template, workdir
-                            )
-                        except Exception as error:  # report it, go on with the next run
-                            print(f"  ! run failed: {error}", flush=True)
-                            failures.append(f"{server} {calls} run {run}: {error}")
-                            result = None
-                            break
-                        result["noise"] = is_noisy(result, args)
-                        result["limits"] = limits_hit(result)
-                        result["attempt"] = attempt + 1
-                        if not result["noise"] or attempt == args.retries:
-                            break
-                        print(
-                            f"  noisy ({'; '.join(result['noise'])}): running it again", flush=True
+        for app, server, calls in plan:
+            label = server if app == args.app else f"{server}:{app}"
+            runs = []
+            for run in range(1, args.runs + 1):
+                print(f"bench: {label}, {calls} calls, run {run}/{args.runs} ...", flush=True)
+                for attempt in range(args.retries + 1):
+                    wait_until_quiet(args.noise_limit, args.quiet_wait)
+                    try:
+                        result = run_once(
+                            server, calls, run, args, env, cookie, template, workdir, app
                         )
-                    if result is None:
-                        continue
-                    runs.append(result)
-                    results.append(result)
-                    print(
-                        f"  cpu/call {result['cpu_per_call_pct']:.3f}%  "
-                        f"in p99 {fmt(result['inbound']['p99_ms'])} ms  "
-                        f"out p99 {fmt(result['outbound']['p99_ms'])} ms  "
-                        f"clear p99 {fmt(result['barge_in']['p99_ms'])} ms  "
-                        f"gen cpu {result['generator_cpu_pct']:.0f}%  "
-                        f"others {result['others_cpu_pct']:.1f}%",
-                        flush=True,
-                    )
-                    for problem in run_problems(result):
-                        print(f"  ! {problem}", flush=True)
-                if not runs:
+                    except Exception as error:  # report it, go on with the next run
+                        print(f"  ! run failed: {error}", flush=True)
+                        failures.append(f"{server} {calls} run {run}: {error}")
+                        result = None
+                        break
+                    result["noise"] = is_noisy(result, args)
+                    result["limits"] = limits_hit(result)
+                    result["attempt"] = attempt + 1
+                    if not result["noise"] or attempt == args.retries:
+                        break
+                    print(f"  noisy ({'; '.join(result['noise'])}): running it again", flush=True)
+                if result is None:
                     continue
-                summary = summarise(runs)
-                summary["noisy_runs"] = sum(bool(r.get("noise")) for r in runs)
-                summary["saturated_runs"] = sum(bool(r.get("limits")) for r in runs)
-                rows.append((server, calls, summary, len(runs)))
+                runs.append(result)
+                results.append(result)
+                print(
+                    f"  cpu/call {result['cpu_per_call_pct']:.3f}%  "
+                    f"in p99 {fmt(result['inbound']['p99_ms'])} ms  "
+                    f"out p99 {fmt(result['outbound']['p99_ms'])} ms  "
+                    f"clear p99 {fmt(result['barge_in']['p99_ms'])} ms  "
+                    f"gen cpu {result['generator_cpu_pct']:.0f}%  "
+                    f"others {result['others_cpu_pct']:.1f}%",
+                    flush=True,
+                )
+                for problem in run_problems(result):
+                    print(f"  ! {problem}", flush=True)
+            if not runs:
+                continue
+            summary = summarise(runs)
+            summary["noisy_runs"] = sum(bool(r.get("noise")) for r in runs)
+            summary["saturated_runs"] = sum(bool(r.get("limits")) for r in runs)
+            rows.append((label, calls, summary, len(runs)))
+            if app == args.app:
                 notes += check_targets(server, calls, summary)
     finally:
         if not args.keep:
@@ -925,6 +985,11 @@ def main(argv: list[str] | None = None) -> int:
     if notes:
         print()
         print("\n".join(notes))
+    calibration = calibrate(rows, args.app)
+    if calibration:
+        print()
+        print(CALIBRATION_LEGEND)
+        print("\n".join(line for line, _ in calibration))
     for result in results:
         if "profile" in result:
             print(
@@ -948,6 +1013,7 @@ def main(argv: list[str] | None = None) -> int:
             {"server": server, "calls": calls, "runs": runs, **summary}
             for server, calls, summary, runs in rows
         ],
+        "calibration": [figures for _, figures in calibration],
         "runs": results,
         "failures": failures,
         "duration_s": round(time.time() - started, 1),

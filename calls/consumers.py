@@ -2,12 +2,16 @@
 
 import asyncio
 import base64
+import contextlib
+import functools
 import logging
 from collections import deque
 from typing import Any
 
 from channels.db import database_sync_to_async
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer, AsyncWebsocketConsumer
+from channels.layers import get_channel_layer
 
 from agents.session import AgentSession
 
@@ -31,9 +35,10 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
     """One Twilio bidirectional media stream, bridged to the call's AgentSession.
 
     This is also the "port" the session talks through: `send_audio`, `end_segment`,
-    `clear`, `wait_played`, `play_ulaw` and `close_stream`. Every outbound message is built
-    by `media.protocol`, queued in an outbox and written by one writer task, so callers on
-    the hot path never await and a `clear` can drop audio that has not left yet.
+    `clear`, `wait_played`, `play_ulaw`, `close_stream`, `hold` and `flush`. Every outbound
+    message is built by `media.protocol` and queued in an outbox, so callers on the hot path
+    never await and a `clear` can drop audio that has not left yet. The session writes what
+    a model event queued itself (`hold`, then `flush`); anything else wakes a writer task.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -49,6 +54,9 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
         self._outbox: deque[str] = deque()
         self._outbox_ready = asyncio.Event()
         self._writer: asyncio.Task | None = None
+        self._holding = False  # between the session's hold() and flush()
+        self._draining = False  # the writer task or a flush is writing the outbox
+        self._handling = asyncio.Lock()  # one message handled at a time, socket or channel
         # Audio produced before Twilio's `start` named the stream; sent once it does.
         self._before_start: list[tuple[str, str, int] | None] = []
         self._waiters: list[asyncio.Future] = []
@@ -59,6 +67,43 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
         self._socket_closed = False
 
     # --- channels plumbing ----------------------------------------------------------------
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        """AsyncConsumer.__call__, minus a Task and an asyncio.wait per message.
+
+        Channels reads the socket and the channel layer through `await_many_dispatch`, which
+        starts a new Task for every message it waits for: 50 times a second per call here.
+        The socket is read in this loop instead; control messages from the channel layer,
+        a few per call, are read by a second task. `_handling` keeps the guarantee Channels
+        gives, that one handler runs at a time.
+        """
+        self.scope = scope
+        self.channel_layer = get_channel_layer(self.channel_layer_alias)
+        self.channel_name = await self.channel_layer.new_channel()
+        self.channel_receive = functools.partial(self.channel_layer.receive, self.channel_name)
+        self.base_send = send
+        listener = asyncio.create_task(self._listen(), name="stream-channel-listener")
+        dispatch, handling = self.dispatch, self._handling
+        try:
+            while True:
+                message = await receive()
+                async with handling:
+                    await dispatch(message)
+        except StopConsumer:
+            pass
+        finally:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StopConsumer):
+                await listener
+
+    async def _listen(self) -> None:
+        while True:
+            message = await self.channel_receive()
+            async with self._handling:
+                try:
+                    await self.dispatch(message)
+                except Exception:
+                    logger.exception("Call %s: control message %r failed", self.call_sid, message)
 
     async def dispatch(self, message: dict) -> None:
         # Channels closes stale DB connections before every handler: a thread-pool hop per
@@ -265,9 +310,20 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
             # The server may find the peer already gone; there is nothing left to close.
             logger.debug("Call %s: socket already gone when closing", self.call_sid)
 
+    def hold(self) -> None:
+        """Keep what is posted from now in the outbox until `flush`: no writer wake-up."""
+        self._holding = True
+
+    async def flush(self) -> None:
+        """Write the outbox in the caller's task (the session's, after each model event)."""
+        self._holding = False
+        if self._outbox:
+            await self._drain()
+
     def _post(self, text: str) -> None:
         self._outbox.append(text)
-        self._outbox_ready.set()
+        if not self._holding:
+            self._outbox_ready.set()
 
     def _flush_before_start(self) -> None:
         pending, self._before_start = self._before_start, []
@@ -278,19 +334,27 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
                 self.send_audio(*entry)
 
     async def _write_outbox(self) -> None:
-        outbox, ready, send = self._outbox, self._outbox_ready, self.base_send
+        ready = self._outbox_ready
+        while True:
+            await ready.wait()
+            ready.clear()
+            await self._drain()
+
+    async def _drain(self) -> None:
+        if self._draining:
+            return  # the writer task or a flush is at it, and loops until the outbox is empty
+        self._draining = True
+        outbox, send = self._outbox, self.base_send
         try:
-            while True:
-                await ready.wait()
-                ready.clear()
-                while outbox:
-                    await send({"type": "websocket.send", "text": outbox.popleft()})
-        except asyncio.CancelledError:
-            raise
+            while outbox:
+                await send({"type": "websocket.send", "text": outbox.popleft()})
         except Exception:
             # The peer went away mid-write (servers raise their own disconnect errors);
             # the disconnect handler ends the call.
+            outbox.clear()
             logger.debug("Call %s: stream gone while writing", self.call_sid)
+        finally:
+            self._draining = False
 
     def _resolve_waiters(self, played: bool) -> None:
         waiters, self._waiters = self._waiters, []

@@ -1,8 +1,9 @@
 """The OpenAI Realtime API (GA shape) over `websockets`, for one call.
 
 Audio is `audio/pcmu` both ways, so Twilio's base64 payloads pass through untouched. The
-send path is a queue drained by one writer task: the session's calls never wait on the
-socket, and caller frames leave in order. The hot message, `input_audio_buffer.append`, is
+send path never waits on the socket: caller frames are written at once while nothing is
+queued and the socket keeps up, everything else goes through a queue drained by one writer
+task, and frames leave in order either way. The hot message, `input_audio_buffer.append`, is
 built from a string template rather than `json.dumps` (base64 needs no JSON escaping).
 """
 
@@ -22,6 +23,7 @@ from urllib.parse import quote
 from django.conf import settings
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.protocol import State
 
 from agents.tools import tools_for
 
@@ -53,6 +55,9 @@ CLOSE_TIMEOUT_S = 2.0
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 # 10 s of caller frames. A model socket that far behind is failing; drop audio, not memory.
 MAX_QUEUED_MESSAGES = 500
+# Caller audio skips the queue while the socket's write buffer holds less than this (the
+# `websockets` default high-water mark): beyond it the writer task waits for the drain.
+DIRECT_WRITE_LIMIT = 32 * 1024
 
 _APPEND_PREFIX = '{"type":"input_audio_buffer.append","audio":"'
 _APPEND_SUFFIX = '"}'
@@ -205,7 +210,19 @@ class OpenAIRealtimeBackend(Backend):
                 )
             return
         self._dropping_audio = False
-        self._outbox.append(_APPEND_PREFIX + payload_b64 + _APPEND_SUFFIX)
+        message = _APPEND_PREFIX + payload_b64 + _APPEND_SUFFIX
+        ws = self._ws
+        if (
+            not self._outbox
+            and ws.protocol.state is State.OPEN
+            and ws.transport.get_write_buffer_size() < DIRECT_WRITE_LIMIT
+        ):
+            # Nothing queued ahead of it and the socket keeps up: write it now, as
+            # `ws.send` would (it writes before it yields), without waking the writer task.
+            ws.protocol.send_text(message.encode())
+            ws.send_data()
+            return
+        self._outbox.append(message)
         self._wake.set()
 
     def create_response(self) -> None:

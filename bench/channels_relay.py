@@ -1,0 +1,97 @@
+"""performance.md's reference relay: a plain Channels consumer with its two fixes.
+
+`python -m bench.relay --app channels` serves this. It is the relay performance.md measured
+(0.75 % per call under daphne, 0.54 % under uvicorn, at 50 calls) and from which the issue's
+targets were set, so running it here tells how this machine compares with the one those
+figures came from. It is an `AsyncWebsocketConsumer` on the project's channel layer that
+dispatches `websocket.receive` without `aclose_old_connections()` and connects to the model
+with `compression=None`; otherwise it does what bench.minimal does (which see), no more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+
+import django
+
+django.setup()
+
+from channels.generic.websocket import AsyncWebsocketConsumer  # noqa: E402
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from django.urls import path  # noqa: E402
+from websockets.asyncio.client import connect  # noqa: E402
+
+from . import minimal  # noqa: E402
+
+
+class RelayConsumer(AsyncWebsocketConsumer):
+    async def dispatch(self, message: dict) -> None:
+        if message["type"] == "websocket.receive":  # fix 1: no thread-pool hop per frame
+            await self.websocket_receive(message)
+        else:
+            await super().dispatch(message)
+
+    async def connect(self) -> None:
+        await self.accept()
+        self.stream_sid = None
+        self.model = await connect(
+            minimal.MODEL_URL + "?model=gpt-realtime",
+            additional_headers={"Authorization": "Bearer sk-bench"},
+            compression=None,  # fix 2
+        )
+        await self.model.send(minimal.SESSION_UPDATE)
+        self.from_model = asyncio.create_task(self.model_to_twilio())
+
+    async def disconnect(self, code: int) -> None:
+        self.from_model.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self.from_model
+        await self.model.close()
+
+    async def receive(self, text_data=None, bytes_data=None) -> None:
+        event = json.loads(text_data)
+        kind = event["event"]
+        if kind == "media":
+            await self.model.send(minimal.APPEND_PREFIX + event["media"]["payload"] + '"}')
+        elif kind == "start":
+            self.stream_sid = event["start"]["streamSid"]
+        elif kind == "stop":
+            await self.close()
+
+    async def model_to_twilio(self) -> None:
+        deltas = 0
+        async for raw in self.model:
+            event = json.loads(raw)
+            kind = event["type"]
+            sid = self.stream_sid
+            if sid is None:
+                continue
+            if kind == "response.output_audio.delta":
+                media = '{"event":"media","streamSid":"' + sid + '","media":{"payload":"'
+                await self.send(text_data=media + event["delta"] + '"}}')
+                deltas += 1
+                if deltas % 50 == 0:
+                    mark = f'{{"event":"mark","streamSid":"{sid}","mark":{{"name":"m{deltas}"}}}}'
+                    await self.send(text_data=mark)
+            elif kind == "input_audio_buffer.speech_started":
+                await self.send(text_data='{"event":"clear","streamSid":"' + sid + '"}')
+
+
+async def _http(scope: dict, receive, send) -> None:
+    await minimal.app(scope, receive, send)
+
+
+app = ProtocolTypeRouter(
+    {
+        "http": _http,
+        "lifespan": _http,
+        "websocket": URLRouter(
+            [
+                path("twilio/stream", RelayConsumer.as_asgi()),
+                path("ws/calls/live", _http),
+            ]
+        ),
+    }
+)
