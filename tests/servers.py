@@ -29,8 +29,10 @@ def server_environment(**overrides: str) -> dict[str, str]:
 
 
 @contextmanager
-def daphne(log_path: Path, **overrides: str) -> Iterator[str]:
-    """Serve the project with daphne on a free port; yields its http base URL.
+def daphne(
+    log_path: Path, application: str = "voicebot.asgi:application", **overrides: str
+) -> Iterator[str]:
+    """Serve the project as deployed (daphne on uvloop) on a free port; yields its base URL.
 
     Its output goes to `log_path`, which a failing test can show.
     """
@@ -40,12 +42,12 @@ def daphne(log_path: Path, **overrides: str) -> Iterator[str]:
             [
                 sys.executable,
                 "-m",
-                "daphne",
+                "voicebot.serve",
                 "-b",
                 "127.0.0.1",
                 "-p",
                 str(port),
-                "voicebot.asgi:application",
+                application,
             ],
             cwd=ROOT,
             env=server_environment(**overrides),
