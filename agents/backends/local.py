@@ -259,4 +259,3 @@ class LocalBackend(Backend):
     def _emit(self, event: BackendEvent) -> None:
         if self._events is not None and not self._closing:
             self._events.put_nowait(event)
-
