@@ -6,6 +6,7 @@ import contextlib
 import functools
 import logging
 from collections import deque
+from collections.abc import Coroutine
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -83,12 +84,21 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
         self.channel_receive = functools.partial(self.channel_layer.receive, self.channel_name)
         self.base_send = send
         listener = asyncio.create_task(self._listen(), name="stream-channel-listener")
-        dispatch, handling = self.dispatch, self._handling
+        dispatch, handling, handle_frame = self.dispatch, self._handling, self._handle_frame
         try:
             while True:
                 message = await receive()
-                async with handling:
-                    await dispatch(message)
+                if message["type"] != "websocket.receive" or handling.locked():
+                    async with handling:
+                        await dispatch(message)
+                    continue
+                # Twilio's messages, nearly all of them audio: handled here, with no
+                # coroutine per frame; only start and stop leave something to await.
+                text = message.get("text")
+                pending = handle_frame(text if text is not None else message.get("bytes"))
+                if pending is not None:
+                    async with handling:
+                        await pending
         except StopConsumer:
             pass
         finally:
@@ -142,27 +152,37 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
     # --- messages from Twilio ---------------------------------------------------------------
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        pending = self._handle_frame(text_data if bytes_data is None else bytes_data)
+        if pending is not None:
+            await pending
+
+    def _handle_frame(self, data: str | bytes) -> Coroutine[Any, Any, None] | None:
+        """Handle one message from Twilio at once; return what must still be awaited.
+
+        Only `start` and `stop` wait (on the database and the session); media, marks, keys
+        and bad messages are handled before this returns.
+        """
         try:
-            event = protocol.parse(text_data if bytes_data is None else bytes_data)
+            event = protocol.parse(data)
         except protocol.ProtocolError as error:
             self._bad_message(error.reason, str(error))
-            return
+            return None
         if type(event) is protocol.Media:
             if event.stream_sid != self.stream_sid:
                 self._bad_message("wrong_stream", f"media for stream {event.stream_sid!r}")
-                return
+                return None
             counters = self.counters
             counters["frames_in"] += 1
             counters["bytes_in"] += FRAME_BYTES
             self.now_ms = event.timestamp_ms
             if self.session is not None:
                 self.session.caller_audio(event.payload, event.timestamp_ms)
-            return
+            return None
         if type(event) is protocol.Start:
-            await self._start(event)
-        elif type(event) is protocol.Connected:
-            return
-        elif event.stream_sid != self.stream_sid:
+            return self._start(event)
+        if type(event) is protocol.Connected:
+            return None
+        if event.stream_sid != self.stream_sid:
             self._bad_message("wrong_stream", f"{type(event).__name__} for {event.stream_sid!r}")
         elif type(event) is protocol.Mark:
             self._mark_echoed(event.name)
@@ -171,8 +191,12 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
             if self.session is not None:
                 self._spawn(self.session.dtmf(event.digit))
         elif type(event) is protocol.Stop:
-            await self._end("transferred" if self._transferring else "stop")
-            await self.close_stream()
+            return self._stop()
+        return None
+
+    async def _stop(self) -> None:
+        await self._end("transferred" if self._transferring else "stop")
+        await self.close_stream()
 
     async def _start(self, event: protocol.Start) -> None:
         if self.stream_sid is not None:
