@@ -28,7 +28,7 @@ run: $(VENV)/.runtime-installed
 	@echo "  No staff login yet? In another terminal run:  make superuser"
 	@echo "  Then try a whole call with no phone:  make call"
 	@echo
-	$(BIN)/python -m voicebot.serve -b $(HOST) -p $(PORT) voicebot.asgi:application
+	$(BIN)/daphne -b $(HOST) -p $(PORT) voicebot.asgi:application
 
 # A simulated phone call against the server `make run` started.
 call: export DJANGO_DEBUG ?= true

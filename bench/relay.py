@@ -165,17 +165,12 @@ def server_command(
         if args.preload:
             python += ["--preload", args.preload]
     application = APPS[app]
-    # The project runs as deployed: daphne through voicebot.serve, uvicorn with its default
-    # loop, both on uvloop. The reference relay runs on the stock asyncio loop, as
-    # performance.md measured it.
-    stock = app == REFERENCE_APP
     if server == "daphne":
-        command = python + ["-m", "daphne" if stock else "voicebot.serve"]
-        command += ["-b", "127.0.0.1", "-p", str(port), application]
+        command = python + ["-m", "daphne", "-b", "127.0.0.1", "-p", str(port)]
+        command += [application]
     elif server == "uvicorn":
         command = python + ["-m", "uvicorn", application]
         command += ["--host", "127.0.0.1", "--port", str(port), "--ws", args.uvicorn_ws]
-        command += ["--loop", "asyncio" if stock else "auto"]
         command += ["--no-access-log", "--ws-per-message-deflate", "false"]
         command += ["--lifespan", "off", "--log-level", "warning"]
     else:

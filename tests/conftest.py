@@ -5,13 +5,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from voicebot.serve import install_uvloop
-
-# Everything here runs on the loop production runs on (voicebot.serve): the test's own
-# event loops and the daphne the agent tests host in a thread, whose loop is made when
-# daphne.server is first imported.
-install_uvloop()
-
 # Its fixtures come in through pytest_plugins; register it first so its asserts explain.
 pytest.register_assert_rewrite("tests.agent_harness")
 

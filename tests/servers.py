@@ -29,10 +29,8 @@ def server_environment(**overrides: str) -> dict[str, str]:
 
 
 @contextmanager
-def daphne(
-    log_path: Path, application: str = "voicebot.asgi:application", **overrides: str
-) -> Iterator[str]:
-    """Serve the project as deployed (daphne on uvloop) on a free port; yields its base URL.
+def daphne(log_path: Path, **overrides: str) -> Iterator[str]:
+    """Serve the project with daphne on a free port; yields its http base URL.
 
     Its output goes to `log_path`, which a failing test can show.
     """
@@ -42,12 +40,12 @@ def daphne(
             [
                 sys.executable,
                 "-m",
-                "voicebot.serve",
+                "daphne",
                 "-b",
                 "127.0.0.1",
                 "-p",
                 str(port),
-                application,
+                "voicebot.asgi:application",
             ],
             cwd=ROOT,
             env=server_environment(**overrides),
