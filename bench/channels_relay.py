@@ -1,16 +1,23 @@
-"""performance.md's reference relay: a plain Channels consumer with its two fixes.
+"""performance.md's reference relay: a Channels consumer with its two fixes, and a lean one.
 
-`python -m bench.relay --app channels` serves this. It is the relay performance.md measured
-(0.75 % per call under daphne, 0.54 % under uvicorn, at 50 calls) and from which the issue's
-targets were set, so running it here tells how this machine compares with the one those
-figures came from. It is an `AsyncWebsocketConsumer` on the project's channel layer that
-dispatches `websocket.receive` without `aclose_old_connections()` and connects to the model
-with `compression=None`; otherwise it does what bench.minimal does (which see), no more.
+`python -m bench.relay --app channels` serves `ReferenceConsumer`, the relay performance.md
+measured (0.75 % per call under daphne, 0.54 % under uvicorn, at 50 calls) and from which
+the issue's targets were set, so running it here tells how this machine compares with that
+one. It is an `AsyncWebsocketConsumer` with the two fixes (no `aclose_old_connections()`
+per frame, `compression=None` to the model) that bridges the way Twilio's own sample does:
+`json.dumps` for every message, the model's audio base64-decoded and re-encoded, and a mark
+after every delta. performance.md lists exactly those three as the next wins, beyond that
+relay, so that relay did not have them.
+
+`--app channels-lean` serves `LeanConsumer`: the same consumer with those three wins (the
+payload passed through as a string, templates, one mark per 50 deltas), i.e. the least a
+Channels relay can do; bench.minimal is the same again without Django or Channels.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 
@@ -26,7 +33,7 @@ from websockets.asyncio.client import connect  # noqa: E402
 from . import minimal  # noqa: E402
 
 
-class RelayConsumer(AsyncWebsocketConsumer):
+class LeanConsumer(AsyncWebsocketConsumer):
     async def dispatch(self, message: dict) -> None:
         if message["type"] == "websocket.receive":  # fix 1: no thread-pool hop per frame
             await self.websocket_receive(message)
@@ -79,19 +86,55 @@ class RelayConsumer(AsyncWebsocketConsumer):
                 await self.send(text_data='{"event":"clear","streamSid":"' + sid + '"}')
 
 
+class ReferenceConsumer(LeanConsumer):
+    """As Twilio's sample bridges: dicts and json.dumps, a base64 round trip, a mark per delta."""
+
+    async def receive(self, text_data=None, bytes_data=None) -> None:
+        event = json.loads(text_data)
+        kind = event["event"]
+        if kind == "media":
+            append = {"type": "input_audio_buffer.append", "audio": event["media"]["payload"]}
+            await self.model.send(json.dumps(append))
+        elif kind == "start":
+            self.stream_sid = event["start"]["streamSid"]
+        elif kind == "stop":
+            await self.close()
+
+    async def model_to_twilio(self) -> None:
+        async for raw in self.model:
+            event = json.loads(raw)
+            kind = event.get("type")
+            sid = self.stream_sid
+            if sid is None:
+                continue
+            if kind == "response.output_audio.delta" and "delta" in event:
+                payload = base64.b64encode(base64.b64decode(event["delta"])).decode("utf-8")
+                media = {"event": "media", "streamSid": sid, "media": {"payload": payload}}
+                await self.send(text_data=json.dumps(media))
+                mark = {"event": "mark", "streamSid": sid, "mark": {"name": "responsePart"}}
+                await self.send(text_data=json.dumps(mark))
+            elif kind == "input_audio_buffer.speech_started":
+                await self.send(text_data=json.dumps({"event": "clear", "streamSid": sid}))
+
+
 async def _http(scope: dict, receive, send) -> None:
     await minimal.app(scope, receive, send)
 
 
-app = ProtocolTypeRouter(
-    {
-        "http": _http,
-        "lifespan": _http,
-        "websocket": URLRouter(
-            [
-                path("twilio/stream", RelayConsumer.as_asgi()),
-                path("ws/calls/live", _http),
-            ]
-        ),
-    }
-)
+def _app(consumer: type[AsyncWebsocketConsumer]) -> ProtocolTypeRouter:
+    return ProtocolTypeRouter(
+        {
+            "http": _http,
+            "lifespan": _http,
+            "websocket": URLRouter(
+                [
+                    path("twilio/stream", consumer.as_asgi()),
+                    path("ws/calls/live", _http),
+                ]
+            ),
+        }
+    )
+
+
+app = _app(ReferenceConsumer)
+lean_app = _app(LeanConsumer)

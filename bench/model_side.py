@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import json
 import pickle
 import random
 import sys
@@ -133,6 +134,17 @@ class BenchSession(FakeSession):
             if self.call_index < 0:
                 self.call_index = int.from_bytes(base64.b64decode(key)[:2], "big")
             return
+        if type(raw) is str and '"input_audio_buffer.append"' in raw:
+            # An append not in the compact form above (json.dumps' spaces): the slow way.
+            message = json.loads(raw)
+            if message.get("type") == "input_audio_buffer.append":
+                REC.in_keys.append(message["audio"][:KEY_CHARS])
+                REC.in_times.append(now())
+                self.append_count += 1
+                if self.call_index < 0:
+                    key = message["audio"][:KEY_CHARS]
+                    self.call_index = int.from_bytes(base64.b64decode(key)[:2], "big")
+                return
         await super()._on_message(raw)
 
     async def _hello(self) -> None:

@@ -66,6 +66,7 @@ LOAD_CPU = 1
 APPS = {
     "voicebot": "voicebot.asgi:application",
     "channels": "bench.channels_relay:app",
+    "channels-lean": "bench.channels_relay:lean_app",
     "minimal": "bench.minimal:app",
 }
 # Targets from issue 4, at 50 calls with every feature on.
@@ -75,6 +76,8 @@ TARGET_CPU_PER_CALL = {"daphne": 0.6, "uvicorn": 0.45}
 # machine compares, and each target as a share of the reference carries over.
 REFERENCE_CPU_PER_CALL = {"daphne": 0.75, "uvicorn": 0.54}
 REFERENCE_APP = "channels"
+# Also run by --reference: the same relay with performance.md's three further wins.
+LEAN_APP = "channels-lean"
 TARGET_P99_MS = 5.0
 
 
@@ -171,6 +174,7 @@ def server_command(
     elif server == "uvicorn":
         command = python + ["-m", "uvicorn", application]
         command += ["--host", "127.0.0.1", "--port", str(port), "--ws", args.uvicorn_ws]
+        command += ["--loop", "asyncio"]  # what requirements.txt installs, even if uvloop is here
         command += ["--no-access-log", "--ws-per-message-deflate", "false"]
         command += ["--lifespan", "off", "--log-level", "warning"]
     else:
@@ -800,7 +804,8 @@ def check_targets(server: str, calls: int, s: dict[str, Any]) -> list[str]:
 CALIBRATION_LEGEND = f"""\
 Against performance.md's reference relay ({APPS[REFERENCE_APP]}), run here on the same
 load: 'machine' is its CPU per call here / there; 'share' is the project's CPU per call as a
-share of the reference's; the target share is the issue's target / the reference there."""
+share of the reference's; the target share is the issue's target / the reference there.
+The lean relay ({APPS[LEAN_APP]}) is that relay with performance.md's three further wins."""
 
 
 def calibrate(rows: list, app: str) -> list[tuple[str, dict[str, Any]]]:
@@ -828,6 +833,10 @@ def calibrate(rows: list, app: str) -> list[tuple[str, dict[str, Any]]]:
                 f"< {target_share:.2f} ({target}% / {there}%): {verdict}"
                 f" (= {target * reference / there:.3f}% per call here)"
             )
+        lean = figures.get((f"{label}:{LEAN_APP}", calls))
+        if lean:
+            entry |= {"lean_cpu_per_call_pct": lean, "share_of_lean": cpu / lean}
+            line += f"; share of the lean relay ({lean:.3f}%) {cpu / lean:.2f}"
         lines.append((line, entry))
     return lines
 
@@ -854,8 +863,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--app",
         choices=sorted(APPS),
         default="voicebot",
-        help="voicebot (the project), channels (performance.md's reference relay) or "
-        "minimal (a bare relay without Django or Channels, the floor)",
+        help="voicebot (the project), channels (performance.md's reference relay), "
+        "channels-lean (the same with its further wins) or minimal (a bare relay without "
+        "Django or Channels, the floor)",
     )
     parser.add_argument("--turn-ms", type=int, default=5000, help="caller barges in this often")
     parser.add_argument(
@@ -887,7 +897,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--reference",
         action="store_true",
-        help="also run performance.md's reference relay on the same load, and compare",
+        help="also run performance.md's reference relay and the lean one on the same "
+        "load, and compare",
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory and logs")
     parser.add_argument("--json", type=Path, help="where to write the JSON (bench-output/...)")
@@ -915,7 +926,8 @@ def main(argv: list[str] | None = None) -> int:
     failures: list[str] = []
     rows = []
     notes: list[str] = []
-    apps = [args.app] + ([REFERENCE_APP] if args.reference and args.app != REFERENCE_APP else [])
+    references = [REFERENCE_APP, LEAN_APP] if args.reference else []
+    apps = [args.app] + [app for app in references if app != args.app]
     plan = [
         (app, server, calls)
         for server in args.server_list

@@ -157,7 +157,14 @@ class BenchCall:
                 if not self._validate(message):
                     continue
                 event = json.loads(message)
-                if event["event"] == "mark":
+                if event["event"] == "media":  # valid, but not in the compact form above
+                    payload = event["media"]["payload"]
+                    self.recv_keys.append(payload[:8])
+                    self.recv_times.append(t)
+                    self.media_received += 1
+                    self.first_media.set()
+                    self._play(len(base64.b64decode(payload)))
+                elif event["event"] == "mark":
                     self.marks_received += 1
                     self._mark(event["mark"]["name"])
                 elif event["event"] == "clear":
