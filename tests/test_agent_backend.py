@@ -217,6 +217,32 @@ async def test_it_connects_configures_and_streams_normalized_events():
     assert session.errors_sent == []
 
 
+async def test_caller_audio_never_overtakes_what_is_queued_before_it():
+    # Caller frames are written at once while nothing is queued; a frame sent after an
+    # event the writer task has not written yet must wait behind it.
+    frame = base64.b64encode(b"\xff" * 160).decode()
+    async with FakeRealtimeServer() as server:
+        realtime = OpenAIRealtimeBackend(config(), call_sid="CA1", url=server.url, api_key="k")
+        await realtime.connect()
+        session = await server.wait_for_session()
+        realtime.send_audio(frame)
+        realtime.add_context("The caller pressed 5.")
+        realtime.send_audio(frame)
+        realtime.send_audio(frame)
+
+        def types() -> list[str]:
+            return [event["type"] for event in session.client_events]
+
+        await session.wait_for(
+            lambda: session.append_count == 3 and "conversation.item.create" in types()
+        )
+        await realtime.close()
+
+    context = types().index("conversation.item.create")
+    assert session.appends_before[context] == 1
+    assert session.appended_bytes == 3 * 160
+
+
 async def test_a_dropped_connection_is_reported_once_and_our_own_close_is_not():
     async with FakeRealtimeServer() as server:
         realtime = OpenAIRealtimeBackend(config(), call_sid="CA1", url=server.url, api_key="k")

@@ -236,6 +236,8 @@ class FakeSession:
         self.items_created: list[dict[str, Any]] = []
         self.responses: list[FakeResponse] = []
         self.client_events: list[dict[str, Any]] = []  # every event except appends
+        # For each of client_events: how many appends had arrived before it (their order).
+        self.appends_before: list[int] = []
         self.errors_sent: list[dict[str, Any]] = []
 
         self.active_response: FakeResponse | None = None
@@ -409,6 +411,7 @@ class FakeSession:
             self._notify()
             return
         self.client_events.append(event)
+        self.appends_before.append(self.append_count)
         handler = self._handlers.get(type_) if isinstance(type_, str) else None
         if handler is None:
             supported = ["input_audio_buffer.append", *self._handlers]
