@@ -117,19 +117,15 @@ class ReferenceConsumer(LeanConsumer):
                 await self.send(text_data=json.dumps({"event": "clear", "streamSid": sid}))
 
 
-async def _http(scope: dict, receive, send) -> None:
-    await minimal.app(scope, receive, send)
-
-
 def _app(consumer: type[AsyncWebsocketConsumer]) -> ProtocolTypeRouter:
     return ProtocolTypeRouter(
         {
-            "http": _http,
-            "lifespan": _http,
+            "http": minimal.app,
+            "lifespan": minimal.app,
             "websocket": URLRouter(
                 [
                     path("twilio/stream", consumer.as_asgi()),
-                    path("ws/calls/live", _http),
+                    path("ws/calls/live", minimal.app),
                 ]
             ),
         }

@@ -127,25 +127,22 @@ class BenchSession(FakeSession):
     async def _on_message(self, raw: str | bytes) -> None:
         # The hot path, 50/s per call: stamp and count; no JSON parse of the audio.
         if type(raw) is str and raw.startswith(APPEND_PREFIX) and raw.endswith('"}'):
-            key = raw[APPEND_AT : APPEND_AT + KEY_CHARS]
-            REC.in_keys.append(key)
-            REC.in_times.append(now())
-            self.append_count += 1
-            if self.call_index < 0:
-                self.call_index = int.from_bytes(base64.b64decode(key)[:2], "big")
+            self._appended(raw[APPEND_AT : APPEND_AT + KEY_CHARS])
             return
         if type(raw) is str and '"input_audio_buffer.append"' in raw:
             # An append not in the compact form above (json.dumps' spaces): the slow way.
             message = json.loads(raw)
             if message.get("type") == "input_audio_buffer.append":
-                REC.in_keys.append(message["audio"][:KEY_CHARS])
-                REC.in_times.append(now())
-                self.append_count += 1
-                if self.call_index < 0:
-                    key = message["audio"][:KEY_CHARS]
-                    self.call_index = int.from_bytes(base64.b64decode(key)[:2], "big")
+                self._appended(message["audio"][:KEY_CHARS])
                 return
         await super()._on_message(raw)
+
+    def _appended(self, key: str) -> None:
+        REC.in_keys.append(key)
+        REC.in_times.append(now())
+        self.append_count += 1
+        if self.call_index < 0:
+            self.call_index = int.from_bytes(base64.b64decode(key)[:2], "big")
 
     async def _hello(self) -> None:
         await super()._hello()

@@ -814,7 +814,7 @@ def calibrate(rows: list, app: str) -> list[tuple[str, dict[str, Any]]]:
     lines = []
     for (label, calls), cpu in figures.items():
         reference = figures.get((f"{label}:{REFERENCE_APP}", calls))
-        if ":" in label or reference is None or cpu is None or not reference:
+        if ":" in label or not reference or cpu is None:
             continue
         share = cpu / reference
         entry = {"server": label, "calls": calls, "app_cpu_per_call_pct": cpu}

@@ -144,26 +144,20 @@ class BenchCall:
                 message = received.data
                 if message.startswith('{"event":"media"'):
                     at = message.find('"payload":"', 30) + 11
-                    self.recv_keys.append(message[at : at + 8])
-                    self.recv_times.append(t)
-                    self.media_received += 1
+                    payload_chars = len(message) - at - 3
+                    padding = (message[-4] == "=") + (message[-5] == "=")
+                    self._media(message[at : at + 8], t, payload_chars * 3 // 4 - padding)
                     if self.media_received % VALIDATE_EVERY == 1:
                         self._validate(message)
                         self.first_media.set()
-                    payload_chars = len(message) - at - 3
-                    padding = (message[-4] == "=") + (message[-5] == "=")
-                    self._play(payload_chars * 3 // 4 - padding)
                     continue
                 if not self._validate(message):
                     continue
                 event = json.loads(message)
                 if event["event"] == "media":  # valid, but not in the compact form above
                     payload = event["media"]["payload"]
-                    self.recv_keys.append(payload[:8])
-                    self.recv_times.append(t)
-                    self.media_received += 1
+                    self._media(payload[:8], t, len(base64.b64decode(payload)))
                     self.first_media.set()
-                    self._play(len(base64.b64decode(payload)))
                 elif event["event"] == "mark":
                     self.marks_received += 1
                     self._mark(event["mark"]["name"])
@@ -176,6 +170,13 @@ class BenchCall:
                 break
         self.closed_by_server = not self.stopping
         self.first_media.set()
+
+    def _media(self, key: str, received_at: float, nbytes: int) -> None:
+        """A media frame from the server: time it by its key, and play it."""
+        self.recv_keys.append(key)
+        self.recv_times.append(received_at)
+        self.media_received += 1
+        self._play(nbytes)
 
     def _validate(self, message: str | bytes) -> bool:
         problem = validate_outbound(message, self.stream_sid)
