@@ -10,7 +10,7 @@ pytest.register_assert_rewrite("tests.agent_harness")
 
 from agents.models import Agent, TransferTarget  # noqa: E402
 
-from .ports import free_port, wait_for_port  # noqa: E402
+from .ports import free_port, listening  # noqa: E402
 
 
 def under_ci() -> bool:
@@ -42,12 +42,8 @@ def redis_url() -> Iterator[str]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    try:
-        wait_for_port(port, process=process)
+    with listening(process, port):
         yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 @pytest.fixture

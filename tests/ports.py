@@ -4,6 +4,8 @@ imports it before any settings exist."""
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 def free_port() -> int:
@@ -24,3 +26,18 @@ def wait_for_port(port: int, *, timeout: float = 20.0, process: subprocess.Popen
         except OSError:
             time.sleep(0.05)
     raise TimeoutError(f"nothing listening on port {port} after {timeout}s")
+
+
+@contextmanager
+def listening(process: subprocess.Popen, port: int) -> Iterator[None]:
+    """Wait until `process` listens on `port`; stop it afterwards (killed if it lingers)."""
+    try:
+        wait_for_port(port, process=process)
+        yield
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

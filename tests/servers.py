@@ -11,7 +11,7 @@ from django.conf import settings
 
 from voicebot.test_settings import TEST_ENVIRONMENT
 
-from .ports import free_port, wait_for_port
+from .ports import free_port, listening
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,12 +52,5 @@ def daphne(log_path: Path, **overrides: str) -> Iterator[str]:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        try:
-            wait_for_port(port, process=process)
+        with listening(process, port):
             yield f"http://127.0.0.1:{port}"
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
