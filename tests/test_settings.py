@@ -68,6 +68,18 @@ def test_redis_url_switches_the_channel_layer():
     assert result.stdout.strip().splitlines()[-1] == "channels_redis.core.RedisChannelLayer"
 
 
+def test_sqlite_keeps_a_write_ahead_log(tmp_path):
+    code = (
+        "from django.db import connection; c = connection.cursor(); "
+        "print(c.execute('PRAGMA journal_mode').fetchone()[0], "
+        "c.execute('PRAGMA synchronous').fetchone()[0])"
+    )
+    result = manage("shell", "-c", code, SQLITE_PATH=str(tmp_path / "db.sqlite3"))
+    assert result.returncode == 0, result.stderr
+    # synchronous 1 is NORMAL: durable at each checkpoint, no fsync per commit.
+    assert result.stdout.strip().splitlines()[-1] == "wal 1"
+
+
 def test_database_url_switches_to_postgresql():
     code = "from django.conf import settings; print(settings.DATABASES['default']['ENGINE'])"
     result = manage("shell", "-c", code, DATABASE_URL="postgres://u:p@db.internal:5432/voicebot")
