@@ -61,17 +61,22 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def proc_cpu_ns(pid: int) -> int:
-    """CPU time of all the process's live threads, in ns, from the scheduler's own accounting
-    (/proc/PID/task/*/schedstat): exact, where utime/stime are sampled at the clock tick."""
-    total = 0
+def thread_cpu_ns(pid: int) -> dict[int, int]:
+    """CPU time of each of the process's live threads, in ns, from the scheduler's own
+    accounting (/proc/PID/task/*/schedstat): exact, where utime/stime are sampled at the tick."""
+    times = {}
     for task in os.listdir(f"/proc/{pid}/task"):
         try:
             with open(f"/proc/{pid}/task/{task}/schedstat") as f:
-                total += int(f.read().split()[0])
+                times[int(task)] = int(f.read().split()[0])
         except (FileNotFoundError, ProcessLookupError):
             pass  # a thread that just ended
-    return total
+    return times
+
+
+def proc_cpu_ns(pid: int) -> int:
+    """CPU time of all the process's live threads, in ns."""
+    return sum(thread_cpu_ns(pid).values())
 
 
 def proc_cpu_split(pid: int) -> tuple[float, float]:

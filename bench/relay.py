@@ -56,6 +56,7 @@ from .common import (
     proc_cpu_ns,
     proc_cpu_seconds,
     proc_cpu_split,
+    thread_cpu_ns,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -394,6 +395,7 @@ def run_once(
         if profile is not None:
             process.send_signal(signal.SIGUSR1)
         cpu0 = {name: proc_cpu_ns(pid) / 1e9 for name, pid in pids.items()}
+        main0 = thread_cpu_ns(process.pid).get(process.pid, 0) / 1e9
         tick0 = proc_cpu_seconds(process.pid)
         split0 = proc_cpu_split(process.pid)
         cores0 = cpu_busy_seconds()
@@ -402,6 +404,7 @@ def run_once(
         time.sleep(args.seconds)
         t_end, wall_end = now(), time.time()
         cpu1 = {name: proc_cpu_ns(pid) / 1e9 for name, pid in pids.items()}
+        main1 = thread_cpu_ns(process.pid).get(process.pid, 0) / 1e9
         tick1 = proc_cpu_seconds(process.pid)
         split1 = proc_cpu_split(process.pid)
         cores1 = cpu_busy_seconds()
@@ -443,6 +446,8 @@ def run_once(
             "window_s": round(window, 3),
             "ramp_s": ramp_s,
             "server_cpu_pct": 100 * (cpu1["server"] - cpu0["server"]) / window,
+            # The event loop's thread; the rest is the thread pool (database, sync code).
+            "server_loop_thread_pct": 100 * (main1 - main0) / window,
             "server_cpu_ticks_pct": 100 * (tick1 - tick0) / window,
             "server_user_pct": 100 * (split1[0] - split0[0]) / window,
             "server_sys_pct": 100 * (split1[1] - split0[1]) / window,
@@ -961,8 +966,10 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 runs.append(result)
                 results.append(result)
+                loop_share = result["server_loop_thread_pct"] / max(result["server_cpu_pct"], 1e-9)
                 print(
                     f"  cpu/call {result['cpu_per_call_pct']:.3f}%  "
+                    f"(loop thread {100 * loop_share:.0f}%)  "
                     f"in p99 {fmt(result['inbound']['p99_ms'])} ms  "
                     f"out p99 {fmt(result['outbound']['p99_ms'])} ms  "
                     f"clear p99 {fmt(result['barge_in']['p99_ms'])} ms  "
