@@ -80,6 +80,19 @@ def test_sqlite_keeps_a_write_ahead_log(tmp_path):
     assert result.stdout.strip().splitlines()[-1] == "wal 1"
 
 
+def test_sqlite_connection_outlives_each_unit_of_work(tmp_path):
+    # What database_sync_to_async does around each write from the stream consumers.
+    code = (
+        "from django.db import close_old_connections, connection; "
+        "connection.ensure_connection(); first = connection.connection; "
+        "close_old_connections(); connection.ensure_connection(); "
+        "print(first is connection.connection)"
+    )
+    result = manage("shell", "-c", code, SQLITE_PATH=str(tmp_path / "db.sqlite3"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "True"
+
+
 def test_database_url_switches_to_postgresql():
     code = "from django.conf import settings; print(settings.DATABASES['default']['ENGINE'])"
     result = manage("shell", "-c", code, DATABASE_URL="postgres://u:p@db.internal:5432/voicebot")

@@ -173,6 +173,10 @@ else:
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": env_str("SQLITE_PATH", str(BASE_DIR / "db.sqlite3")),
+            # Kept open between writes, as for PostgreSQL: the media consumers write from
+            # the thread pool many times a minute, and reopening the file (with its
+            # PRAGMAs) each time was a third of that work.
+            "CONN_MAX_AGE": 60,
             "OPTIONS": {
                 # Webhooks and the stream consumers write concurrently; wait rather than fail.
                 "timeout": 20,
