@@ -25,6 +25,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
 from channels.db import database_sync_to_async
+from django.db import IntegrityError, transaction
 
 from calls import services
 from calls.media.audio import BYTES_PER_MS
@@ -121,9 +122,12 @@ def agent_config_load(agent_id: int | None) -> AgentConfig | None:
 
 
 def _event_record(*, call_id: str, kind: str, actor: str, data: dict[str, Any]) -> None:
-    call = Call.objects.filter(pk=call_id).first()
-    if call is not None:
-        services.call_event_record(call=call, kind=kind, actor=actor, data=data)
+    # The call's id is all an event needs: no query to load the call first.
+    try:
+        with transaction.atomic():
+            services.call_event_record(call=Call(pk=call_id), kind=kind, actor=actor, data=data)
+    except IntegrityError:
+        logger.info("Call %s: not recording %s, the call was deleted", call_id, kind)
 
 
 DbWrite = tuple[Callable[..., Any], dict[str, Any]]

@@ -517,3 +517,19 @@ async def test_the_live_view_hears_who_is_speaking_as_it_changes(asgi_server, re
         # Sent when it changes, not per audio frame.
         assert speakers == ["agent", "caller", ""]
         await finish(live)
+
+
+def test_session_events_are_recorded_by_call_id_and_skipped_once_the_call_is_gone():
+    from agents.session import _event_record
+    from calls.models import CallEvent
+
+    from .dashboard_helpers import make_call
+
+    call = make_call(None)
+    _event_record(call_id=str(call.id), kind="barge_in", actor="caller", data={"heard_ms": 900})
+    assert list(call.events.values_list("kind", "data")) == [("barge_in", {"heard_ms": 900})]
+
+    call_id = str(call.id)
+    call.delete()
+    _event_record(call_id=call_id, kind="barge_in", actor="caller", data={})  # no error
+    assert not CallEvent.objects.filter(call_id=call_id).exists()
