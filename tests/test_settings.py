@@ -25,6 +25,13 @@ def manage(*args: str, **overrides: str) -> subprocess.CompletedProcess:
     )
 
 
+def shell_prints(code: str, **overrides: str) -> str:
+    """The last line `manage.py shell -c code` prints under the given environment."""
+    result = manage("shell", "-c", code, **overrides)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().splitlines()[-1]
+
+
 @pytest.mark.parametrize(
     ("variable", "value", "message"),
     [
@@ -64,8 +71,8 @@ def test_development_needs_no_accounts_at_all():
 
 def test_redis_url_switches_the_channel_layer():
     code = "from django.conf import settings; print(settings.CHANNEL_LAYERS['default']['BACKEND'])"
-    result = manage("shell", "-c", code, REDIS_URL="redis://127.0.0.1:6390/0")
-    assert result.stdout.strip().splitlines()[-1] == "channels_redis.core.RedisChannelLayer"
+    printed = shell_prints(code, REDIS_URL="redis://127.0.0.1:6390/0")
+    assert printed == "channels_redis.core.RedisChannelLayer"
 
 
 def test_sqlite_keeps_a_write_ahead_log(tmp_path):
@@ -74,10 +81,8 @@ def test_sqlite_keeps_a_write_ahead_log(tmp_path):
         "print(c.execute('PRAGMA journal_mode').fetchone()[0], "
         "c.execute('PRAGMA synchronous').fetchone()[0])"
     )
-    result = manage("shell", "-c", code, SQLITE_PATH=str(tmp_path / "db.sqlite3"))
-    assert result.returncode == 0, result.stderr
     # synchronous 1 is NORMAL: durable at each checkpoint, no fsync per commit.
-    assert result.stdout.strip().splitlines()[-1] == "wal 1"
+    assert shell_prints(code, SQLITE_PATH=str(tmp_path / "db.sqlite3")) == "wal 1"
 
 
 def test_sqlite_connection_outlives_each_unit_of_work(tmp_path):
@@ -88,12 +93,10 @@ def test_sqlite_connection_outlives_each_unit_of_work(tmp_path):
         "close_old_connections(); connection.ensure_connection(); "
         "print(first is connection.connection)"
     )
-    result = manage("shell", "-c", code, SQLITE_PATH=str(tmp_path / "db.sqlite3"))
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().splitlines()[-1] == "True"
+    assert shell_prints(code, SQLITE_PATH=str(tmp_path / "db.sqlite3")) == "True"
 
 
 def test_database_url_switches_to_postgresql():
     code = "from django.conf import settings; print(settings.DATABASES['default']['ENGINE'])"
-    result = manage("shell", "-c", code, DATABASE_URL="postgres://u:p@db.internal:5432/voicebot")
-    assert result.stdout.strip().splitlines()[-1] == "django.db.backends.postgresql"
+    printed = shell_prints(code, DATABASE_URL="postgres://u:p@db.internal:5432/voicebot")
+    assert printed == "django.db.backends.postgresql"
