@@ -18,6 +18,7 @@ import base64
 import os
 import struct
 import time
+from typing import NamedTuple
 
 FRAME_MS = 20
 FRAME_S = FRAME_MS / 1000
@@ -115,3 +116,32 @@ def all_processes_cpu_seconds(exclude: set[int]) -> dict[int, float]:
 def others_cpu_seconds(before: dict[int, float], after: dict[int, float]) -> float:
     """CPU the other processes used between two snapshots (new ones count in full)."""
     return sum(t - before.get(pid, 0.0) for pid, t in after.items() if t >= before.get(pid, 0.0))
+
+
+class CpuSample(NamedTuple):
+    """Every CPU counter a bench window reads, at one moment (seconds)."""
+
+    processes: dict[str, float]  # per named process, all its threads
+    server_loop: float  # the server's main thread: its event loop
+    server_ticks: float  # the server's utime + stime, sampled at the clock tick
+    server_split: tuple[float, float]  # the same, as (user, system)
+    cores: dict[int, tuple[float, float]]  # cpu_busy_seconds()
+    others: dict[int, float]  # every other process on the machine, by pid
+
+
+def cpu_sample(pids: dict[str, int]) -> CpuSample:
+    """Read every counter once; `pids["server"]` is the server process."""
+    server = pids["server"]
+    server_threads = thread_cpu_ns(server)
+    processes = {
+        name: (sum(server_threads.values()) if pid == server else proc_cpu_ns(pid)) / 1e9
+        for name, pid in pids.items()
+    }
+    return CpuSample(
+        processes=processes,
+        server_loop=server_threads.get(server, 0) / 1e9,
+        server_ticks=proc_cpu_seconds(server),
+        server_split=proc_cpu_split(server),
+        cores=cpu_busy_seconds(),
+        others=all_processes_cpu_seconds(set(pids.values())),
+    )

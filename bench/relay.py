@@ -46,17 +46,13 @@ from typing import Any
 from tests.ports import free_port, wait_for_port
 
 from .common import (
-    all_processes_cpu_seconds,
     caller_key,
     cpu_busy_seconds,
+    cpu_sample,
     now,
     others_cpu_seconds,
     parse_model_key,
     pin_to,
-    proc_cpu_ns,
-    proc_cpu_seconds,
-    proc_cpu_split,
-    thread_cpu_ns,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -394,21 +390,11 @@ def run_once(
         pids = {"server": process.pid, "model": model.pid, "twilio": twilio.pid, "me": os.getpid()}
         if profile is not None:
             process.send_signal(signal.SIGUSR1)
-        cpu0 = {name: proc_cpu_ns(pid) / 1e9 for name, pid in pids.items()}
-        main0 = thread_cpu_ns(process.pid).get(process.pid, 0) / 1e9
-        tick0 = proc_cpu_seconds(process.pid)
-        split0 = proc_cpu_split(process.pid)
-        cores0 = cpu_busy_seconds()
-        others0 = all_processes_cpu_seconds(set(pids.values()))
+        before = cpu_sample(pids)
         t_start, wall_start = now(), time.time()
         time.sleep(args.seconds)
         t_end, wall_end = now(), time.time()
-        cpu1 = {name: proc_cpu_ns(pid) / 1e9 for name, pid in pids.items()}
-        main1 = thread_cpu_ns(process.pid).get(process.pid, 0) / 1e9
-        tick1 = proc_cpu_seconds(process.pid)
-        split1 = proc_cpu_split(process.pid)
-        cores1 = cpu_busy_seconds()
-        others1 = all_processes_cpu_seconds(set(pids.values()))
+        after = cpu_sample(pids)
         if profile is not None:
             process.send_signal(signal.SIGUSR2)
         window = t_end - t_start
@@ -436,6 +422,9 @@ def run_once(
         twilio.close()
         model.close()
 
+    def pct(seconds: float) -> float:
+        return 100 * seconds / window
+
     result = analyse(twilio_data, model_data, t_start, t_end, calls)
     result.update(
         {
@@ -445,21 +434,23 @@ def run_once(
             "run": run,
             "window_s": round(window, 3),
             "ramp_s": ramp_s,
-            "server_cpu_pct": 100 * (cpu1["server"] - cpu0["server"]) / window,
+            "server_cpu_pct": pct(after.processes["server"] - before.processes["server"]),
             # The event loop's thread; the rest is the thread pool (database, sync code).
-            "server_loop_thread_pct": 100 * (main1 - main0) / window,
-            "server_cpu_ticks_pct": 100 * (tick1 - tick0) / window,
-            "server_user_pct": 100 * (split1[0] - split0[0]) / window,
-            "server_sys_pct": 100 * (split1[1] - split0[1]) / window,
-            "twilio_side_cpu_pct": 100 * (cpu1["twilio"] - cpu0["twilio"]) / window,
-            "model_side_cpu_pct": 100 * (cpu1["model"] - cpu0["model"]) / window,
-            "orchestrator_cpu_pct": 100 * (cpu1["me"] - cpu0["me"]) / window,
+            "server_loop_thread_pct": pct(after.server_loop - before.server_loop),
+            "server_cpu_ticks_pct": pct(after.server_ticks - before.server_ticks),
+            "server_user_pct": pct(after.server_split[0] - before.server_split[0]),
+            "server_sys_pct": pct(after.server_split[1] - before.server_split[1]),
+            "twilio_side_cpu_pct": pct(after.processes["twilio"] - before.processes["twilio"]),
+            "model_side_cpu_pct": pct(after.processes["model"] - before.processes["model"]),
+            "orchestrator_cpu_pct": pct(after.processes["me"] - before.processes["me"]),
             "core_busy_pct": {
-                str(core): 100 * (cores1[core][0] - cores0[core][0]) / window for core in cores1
+                str(core): pct(busy - before.cores[core][0])
+                for core, (busy, _softirq) in after.cores.items()
             },
-            "others_cpu_pct": 100 * others_cpu_seconds(others0, others1) / window,
+            "others_cpu_pct": pct(others_cpu_seconds(before.others, after.others)),
             "core_softirq_pct": {
-                str(core): 100 * (cores1[core][1] - cores0[core][1]) / window for core in cores1
+                str(core): pct(softirq - before.cores[core][1])
+                for core, (_busy, softirq) in after.cores.items()
             },
             "server_events": server_events(db, wall_start, wall_end),
             "server_log": server_log_summary(server_log_path),
