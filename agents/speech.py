@@ -2,7 +2,7 @@
 
 espeak-ng comes from the `espeakng-loader` wheel (library and voice data, no system
 install) and is driven through ctypes in synchronous mode: it renders 22050 Hz PCM into our
-callback, which soxr resamples to 8 kHz and `calls.media.audio` turns into mu-law.
+callback, which soxr resamples to 8 kHz and `callmedia.audio` turns into mu-law.
 
 espeak-ng keeps its state in globals (voice, parameters, the callback), so every synthesis
 holds one process-wide lock. It is CPU work of a few ms per sentence: call `speak` from async
@@ -18,7 +18,7 @@ import threading
 
 import espeakng_loader
 
-from calls.media.audio import MULAW_RATE_HZ, pcm16_to_ulaw, resample_pcm16
+from callmedia.audio import MULAW_RATE_HZ, pcm16_to_ulaw, resample_pcm16
 
 DEFAULT_VOICE = "en-us"
 DEFAULT_RATE_WPM = 165

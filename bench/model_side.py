@@ -1,4 +1,4 @@
-"""The model's side of the bench: tests/peers/realtime.py's FakeRealtimeServer, instrumented.
+"""The model's side of the bench: peers/realtime.py's FakeRealtimeServer, instrumented.
 
 Run by bench.relay as `python -m bench.model_side`; it prints `READY <url>`, serves until a
 `DUMP <path>` line arrives on stdin, writes what it recorded (pickle) and prints `DUMPED`.
@@ -28,8 +28,8 @@ from typing import Any
 
 from websockets.protocol import State
 
-from tests.peers import realtime
-from tests.peers.realtime import FakeRealtimeServer, FakeSession, Reply, tone
+from peers import realtime
+from peers.realtime import FakeRealtimeServer, FakeSession, Reply, tone
 
 from .common import FRAME_BYTES, KEY_BYTES, KEY_CHARS, model_key_bytes, now, pin_to
 

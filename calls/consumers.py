@@ -14,12 +14,12 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer, AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
 
-from agents.session import AgentSession
+from callmedia import protocol
+from callmedia.audio import FRAME_BYTES
+from callmedia.playback import PlaybackTracker
+from calls.session import AgentSession
 
 from . import security, services
-from .media import protocol
-from .media.audio import FRAME_BYTES
-from .media.playback import PlaybackTracker
 from .models import LIVE_CALLS_GROUP, call_group_name
 
 logger = logging.getLogger(__name__)

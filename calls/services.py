@@ -21,9 +21,9 @@ from django.db import transaction
 from django.utils import timezone
 
 from agents.models import Agent, TransferTarget
+from callmedia import audio
 
 from . import security, telephony, twiml
-from .media import audio
 from .models import (
     LIVE_CALLS_GROUP,
     STATUS_RANK,

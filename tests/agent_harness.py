@@ -31,9 +31,9 @@ from calls import security
 from calls.models import Call, CallEvent, MediaStream, TranscriptEntry
 from calls.simulator.rest import TwilioRestEmulator
 from calls.simulator.stream import TwilioStreamClient
-from tests.peers.realtime import FakeRealtimeServer, FakeSession, Reply
+from peers.ports import free_port, wait_for_port
+from peers.realtime import FakeRealtimeServer, FakeSession, Reply
 
-from .ports import free_port, wait_for_port
 from .twilio_helpers import ACCOUNT_SID, incoming_params, new_call_sid
 
 AGENT_NUMBER = "+14155550100"

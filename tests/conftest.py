@@ -9,8 +9,7 @@ import pytest
 pytest.register_assert_rewrite("tests.agent_harness")
 
 from agents.models import Agent, TransferTarget  # noqa: E402
-
-from .ports import free_port, listening  # noqa: E402
+from peers.ports import free_port, listening  # noqa: E402
 
 
 def under_ci() -> bool:

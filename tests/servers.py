@@ -9,9 +9,8 @@ from pathlib import Path
 
 from django.conf import settings
 
+from peers.ports import free_port, listening
 from voicebot.test_settings import TEST_ENVIRONMENT
-
-from .ports import free_port, listening
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -15,9 +15,9 @@ import xml.etree.ElementTree as ET
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 
+from callmedia import protocol
+from callmedia.audio import FRAME_BYTES, MULAW_SILENCE
 from calls import security, services
-from calls.media import protocol
-from calls.media.audio import FRAME_BYTES, MULAW_SILENCE
 
 from .twilio_helpers import ACCOUNT_SID, new_call_sid
 

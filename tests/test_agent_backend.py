@@ -27,7 +27,7 @@ from agents.backends.openai_realtime import (
     session_config,
 )
 from agents.tools import tools_for
-from tests.peers.realtime import FakeRealtimeServer
+from peers.realtime import FakeRealtimeServer
 
 TARGETS = (
     TargetConfig(name="reception", description="The front desk", is_default=True),

@@ -17,7 +17,7 @@ from django.test import Client
 
 from agents import assets
 from calls.models import EndReason, Speaker
-from tests.peers.realtime import tone
+from peers.realtime import tone
 
 # The harness is also loaded as a plugin (its fixtures): have its asserts rewritten first.
 pytest.register_assert_rewrite("tests.agent_harness")
@@ -342,7 +342,7 @@ async def test_a_failing_model_gets_an_apology_then_a_person_or_a_hang_up(
 async def test_a_refused_model_connection_plays_the_shipped_apology_then_transfers(
     asgi_server, rest, settings
 ):
-    from .ports import free_port
+    from peers.ports import free_port
 
     settings.OPENAI_REALTIME_URL = f"ws://127.0.0.1:{free_port()}/v1/realtime"
     await make_agent()
@@ -520,8 +520,8 @@ async def test_the_live_view_hears_who_is_speaking_as_it_changes(asgi_server, re
 
 
 def test_session_events_are_recorded_by_call_id_and_skipped_once_the_call_is_gone():
-    from agents.session import _event_record
     from calls.models import CallEvent
+    from calls.session.agent import _event_record
 
     from .dashboard_helpers import make_call
 

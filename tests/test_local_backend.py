@@ -22,9 +22,9 @@ from agents.backends.base import (
 )
 from agents.backends.local import GOODBYE, EnergyVad, LocalBackend
 from agents.tools import END_CALL, TRANSFER_TO_HUMAN
-from calls.media.audio import FRAME_BYTES, frames, silence, ulaw_rms
+from callmedia.audio import FRAME_BYTES, frames, silence, ulaw_rms
 
-# What agents/session.py tells the model about keys.
+# What calls/session/agent.py tells the model about keys.
 
 
 def config(**overrides) -> AgentConfig:

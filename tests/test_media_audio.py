@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from calls.media import audio
-from calls.media.audio import (
+from callmedia import audio
+from callmedia.audio import (
     BYTES_PER_MS,
     FRAME_BYTES,
     MULAW_RATE_HZ,

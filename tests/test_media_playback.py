@@ -1,6 +1,6 @@
 import pytest
 
-from calls.media.playback import UNMARKED_SLACK_MS, PlaybackTracker, Segment
+from callmedia.playback import UNMARKED_SLACK_MS, PlaybackTracker, Segment
 
 # 8 bytes of mu-law per ms: these helpers keep the arithmetic in the tests readable.
 

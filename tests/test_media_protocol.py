@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from calls.media import protocol
-from calls.media.protocol import (
+from callmedia import protocol
+from callmedia.protocol import (
     Connected,
     Dtmf,
     Mark,

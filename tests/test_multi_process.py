@@ -18,7 +18,7 @@ from agents.models import Agent
 from calls.models import Call
 from calls.simulator.rest import TwilioRestEmulator
 from calls.simulator.stream import TwilioStreamClient
-from tests.peers.realtime import FakeRealtimeServer, Reply
+from peers.realtime import FakeRealtimeServer, Reply
 
 from .agent_harness import answer
 from .servers import daphne

@@ -9,7 +9,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidStatus
 
-from tests.peers.realtime import FRAME_BYTES, FakeRealtimeServer, Reply
+from peers.realtime import FRAME_BYTES, FakeRealtimeServer, Reply
 
 AUTH = {"Authorization": "Bearer sk-test"}
 

@@ -21,7 +21,7 @@ from django.core.management.base import CommandError
 from agents import speech
 from agents.backends.local import GOODBYE
 from agents.management.commands.seed_demo import DEMO_NUMBER, DEMO_TARGET_NUMBER
-from calls.media.audio import ulaw_rms, ulaw_to_wav
+from callmedia.audio import ulaw_rms, ulaw_to_wav
 from calls.simulator.call import (
     BadSignatureConfiguration,
     NoAgent,
@@ -32,8 +32,8 @@ from calls.simulator.call import (
     parse_answer,
 )
 from calls.twiml import unrouted
+from peers.ports import free_port
 
-from .ports import free_port
 from .servers import daphne, server_environment
 
 ROOT = Path(__file__).resolve().parent.parent

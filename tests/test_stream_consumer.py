@@ -8,12 +8,12 @@ import pytest
 from asgiref.sync import sync_to_async
 
 from agents.models import Agent, TransferTarget
+from callmedia import audio, protocol
 from calls import services
 from calls.consumers import MediaStreamConsumer
-from calls.media import audio, protocol
 from calls.models import Call, CallEvent, EndReason, MediaStream, StreamStatus
 from calls.simulator.rest import TwilioRestEmulator
-from tests.peers.realtime import FakeRealtimeServer, Reply
+from peers.realtime import FakeRealtimeServer, Reply
 
 from .stream_helpers import TwilioTestStream, answer_call, upgrade_signature_headers
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from agents import speech
 from agents.tools import END_CALL, TRANSFER_TO_HUMAN
-from calls.media.audio import BYTES_PER_MS, FRAME_MS, ulaw_rms
+from callmedia.audio import BYTES_PER_MS, FRAME_MS, ulaw_rms
 
 from .base import (
     AgentConfig,

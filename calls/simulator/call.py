@@ -36,8 +36,8 @@ from django.conf import settings
 from django.urls import reverse
 from websockets.exceptions import InvalidHandshake, InvalidStatus
 
+from callmedia.audio import BYTES_PER_MS, duration_ms, ulaw_to_wav, wav_to_ulaw
 from calls import security
-from calls.media.audio import BYTES_PER_MS, duration_ms, ulaw_to_wav, wav_to_ulaw
 
 from .rest import API_VERSION, TwilioRestEmulator, twiml_dial_numbers
 from .stream import TwilioStreamClient

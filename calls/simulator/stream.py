@@ -22,8 +22,8 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from calls.media.audio import BYTES_PER_MS, FRAME_BYTES, FRAME_MS, silence
-from calls.media.protocol import (
+from callmedia.audio import BYTES_PER_MS, FRAME_BYTES, FRAME_MS, silence
+from callmedia.protocol import (
     connected_message,
     dtmf_message,
     inbound_media_message,

@@ -27,14 +27,9 @@ from typing import Any, Protocol
 from channels.db import database_sync_to_async
 from django.db import IntegrityError, transaction
 
-from calls import services
-from calls.media.audio import BYTES_PER_MS
-from calls.media.playback import PlaybackTracker
-from calls.models import Actor, Call, EndReason, Speaker
-
-from . import assets
-from .backends import backend_for
-from .backends.base import (
+from agents import assets
+from agents.backends import backend_for
+from agents.backends.base import (
     AgentConfig,
     AgentTranscript,
     AgentTranscriptDelta,
@@ -53,8 +48,12 @@ from .backends.base import (
     TargetConfig,
     ToolCall,
 )
-from .models import Agent
-from .tools import END_CALL, TRANSFER_TO_HUMAN
+from agents.models import Agent
+from agents.tools import END_CALL, TRANSFER_TO_HUMAN
+from callmedia.audio import BYTES_PER_MS
+from callmedia.playback import PlaybackTracker
+from calls import services
+from calls.models import Actor, Call, EndReason, Speaker
 
 logger = logging.getLogger(__name__)
 
