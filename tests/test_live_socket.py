@@ -133,10 +133,13 @@ async def test_transcript_lines_arrive_as_they_are_written(agent, watcher):
         "entry": {
             "id": entry.pk,
             "speaker": "caller",
+            "speaker_label": "Caller",
             "text": "I'd like to book a table",
             "offset_ms": 2100,
+            "offset_label": "0:02.1",
             "interrupted": False,
             "heard_ms": None,
+            "interrupted_label": "",
         },
     }
 

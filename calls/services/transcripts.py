@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from ..feed import live_broadcast, transcript_summary
+from ..feed import event_broadcast, transcript_broadcast
 from ..models import Call, CallEvent, TranscriptEntry
 
 
@@ -17,16 +17,7 @@ def call_event_record(
     event = CallEvent.objects.create(
         call=call, kind=kind, actor=actor, user=user if user and user.pk else None, data=data or {}
     )
-    live_broadcast(
-        "event",
-        call_id=str(call.id),
-        entry={
-            "kind": kind,
-            "actor": event.actor_label,
-            "data": event.data,
-            "at": event.created_at.isoformat(),
-        },
-    )
+    event_broadcast(event)
     return event
 
 
@@ -49,7 +40,7 @@ def transcript_add(
         interrupted=interrupted,
         heard_ms=heard_ms,
     )
-    live_broadcast("transcript", call_id=str(call_id), entry=transcript_summary(entry))
+    transcript_broadcast(entry)
     return entry
 
 
@@ -59,5 +50,5 @@ def transcript_interrupt(*, call_id: str, item_id: str, heard_ms: int) -> int:
     for entry in entries:
         entry.interrupted, entry.heard_ms = True, heard_ms
         entry.save(update_fields=["interrupted", "heard_ms"])
-        live_broadcast("transcript", call_id=str(call_id), entry=transcript_summary(entry))
+        transcript_broadcast(entry)
     return len(entries)
