@@ -42,6 +42,8 @@ EVENT_VALUE_MAX_CHARS = 80
 
 def call_summary(call: Call) -> dict[str, Any]:
     """A small, msgpack-safe description of a call for the live feed."""
+    # The page drops a call that is over, saying why.
+    ended = not call.is_live or call.ended_at is not None
     return {
         "id": str(call.id),
         "sid": call.sid,
@@ -58,9 +60,8 @@ def call_summary(call: Call) -> dict[str, Any]:
         "created_at": call.created_at.isoformat() if call.created_at else None,
         "answered_at": call.answered_at.isoformat() if call.answered_at else None,
         "ended_at": call.ended_at.isoformat() if call.ended_at else None,
-        # The page drops a call that is over, saying why.
-        "ended": not call.is_live or call.ended_at is not None,
-        "ended_label": labels.ended_label(call),
+        "ended": ended,
+        "ended_label": labels.ended_label(call) if ended else "",
         "end_reason": call.end_reason,
         "end_reason_label": call.get_end_reason_display(),
         "transferred_to": call.transferred_to,
