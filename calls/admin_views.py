@@ -30,7 +30,7 @@ from django.views.decorators.http import require_POST
 
 from agents.models import TransferTarget
 
-from . import services
+from . import feed, labels, services
 from .forms import PlaceCallForm, SayForm, TransferForm
 from .models import Actor, Call, EndReason, StreamStatus, TranscriptEntry
 
@@ -71,12 +71,19 @@ def live(request: HttpRequest, model_admin: ModelAdmin) -> HttpResponse:
             for key, name in url_names.items()
         },
         "can": allowed_actions(request.user),
+        # The words the feed's messages do not carry.
+        "labels": {"speaking": labels.SPEAKING_LABELS},
+        "recentEvents": feed.SNAPSHOT_RECENT_EVENTS,
     }
     context = {
         **model_admin.admin_site.each_context(request),
         "opts": Call._meta,
         "title": "Live calls",
         "config": config,
+        "can": config["can"],
+        # Each card's action forms, cloned by the page's script, which fills in the targets.
+        "say_form": SayForm(auto_id=False),
+        "transfer_form": TransferForm(auto_id=False),
         "can_place": request.user.has_perm("calls.place_call"),
     }
     return TemplateResponse(request, "admin/calls/call/live.html", context)
@@ -214,71 +221,32 @@ def detail(request: HttpRequest, object_id: str, model_admin: ModelAdmin) -> Htt
     can = allowed_actions(request.user) if call.is_live else {}
     events = call.events.select_related("user")
     streams = list(call.streams.order_by("started_at"))
+    targets = list(TransferTarget.objects.filter(agent_id=call.agent_id))
     context = {
         **model_admin.admin_site.each_context(request),
         "opts": Call._meta,
         "original": call,
         "title": f"Call {call.sid}",
         "call": call,
-        "duration": duration_label(call),
+        "duration": labels.duration_label(call),
         "transcript": [
-            (line, offset_label(line.offset_ms), seconds_label(line.heard_ms))
+            (line, labels.offset_label(line.offset_ms), labels.interruption_label(line))
             for line in call.transcript.all()
         ],
-        "events": [(event, event_label(event.kind), event_details(event.data)) for event in events],
+        "events": [
+            (event, labels.event_label(event.kind), labels.event_details(event.data))
+            for event in events
+        ],
         "streams": streams,
         "streams_running": any(stream.status == StreamStatus.STARTED for stream in streams),
         "can": can,
         "has_actions": any(can.values()),
-        "targets": TransferTarget.objects.filter(agent_id=call.agent_id),
+        "say_form": SayForm(auto_id=False),
+        # No targets, no transfer: the form is left out.
+        "transfer_form": TransferForm(targets=targets, auto_id=False) if targets else None,
         "has_delete_permission": model_admin.has_delete_permission(request, call),
     }
     return TemplateResponse(request, "admin/calls/call/detail.html", context)
-
-
-def offset_label(offset_ms: int) -> str:
-    """Milliseconds from the start of the call as m:ss.s (h:mm:ss.s past an hour)."""
-    tenths = offset_ms // 100
-    minutes, tenths = divmod(tenths, 600)
-    hours, minutes = divmod(minutes, 60)
-    seconds = f"{tenths // 10:02d}.{tenths % 10}"
-    return f"{hours}:{minutes:02d}:{seconds}" if hours else f"{minutes}:{seconds}"
-
-
-def seconds_label(ms: int | None) -> str:
-    return "" if ms is None else f"{ms / 1000:.1f} s"
-
-
-def duration_label(call: Call) -> str:
-    seconds = call.duration_seconds
-    if seconds is None and call.ended_at:
-        seconds = int((call.ended_at - (call.answered_at or call.created_at)).total_seconds())
-    if seconds is None:
-        return ""
-    minutes, seconds = divmod(max(0, seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
-
-
-def event_label(kind: str) -> str:
-    return re.sub(r"[_-]+", " ", kind).capitalize()
-
-
-def event_details(data: dict[str, Any]) -> str:
-    """An event's data as "key: value · key: value", as the live page shows it."""
-    return " · ".join(
-        f"{key.replace('_', ' ')}: {_detail_value(value)}"
-        for key, value in data.items()
-        if value not in (None, "")
-    )
-
-
-def _detail_value(value: Any) -> str:
-    if isinstance(value, dict):
-        return ", ".join(_detail_value(item) for item in value.values())
-    if isinstance(value, list):
-        return ", ".join(_detail_value(item) for item in value)
-    return str(value)
 
 
 # --- changelist actions ---------------------------------------------------------------------

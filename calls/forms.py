@@ -1,8 +1,10 @@
 """Forms of the staff console: placing a call, and the inputs of the live-call actions."""
 
+from collections.abc import Iterable
+
 from django import forms
 
-from agents.models import Agent
+from agents.models import Agent, TransferTarget
 
 from . import services
 
@@ -40,7 +42,26 @@ class PlaceCallForm(forms.Form):
 
 class TransferForm(forms.Form):
     # Empty means the agent's default target; the service checks the name against the call.
-    target = forms.CharField(max_length=40, required=False)
+    target = forms.CharField(
+        label="Transfer to",
+        max_length=40,
+        required=False,
+        widget=forms.Select(attrs={"aria-label": "Transfer target"}),
+    )
+
+    def __init__(self, *args, targets: Iterable[TransferTarget] = (), **kwargs) -> None:
+        """`targets` fill the list, the default chosen; the live page's script fills it
+        for each call instead."""
+        super().__init__(*args, **kwargs)
+        targets = list(targets)
+        # The field's length limit still applies; the attribute is no HTML for a <select>.
+        self.fields["target"].widget.attrs.pop("maxlength", None)
+        self.fields["target"].widget.choices = [
+            (target.name, f"{target.name} ({target.phone_number})") for target in targets
+        ]
+        default = next((target.name for target in targets if target.is_default), None)
+        if default is not None:
+            self.initial.setdefault("target", default)
 
 
 class SayForm(forms.Form):
@@ -48,4 +69,11 @@ class SayForm(forms.Form):
         max_length=SAY_MAX_CHARS,
         strip=True,
         error_messages={"required": "Type something for the agent to say."},
+        widget=forms.TextInput(
+            attrs={
+                "placeholder": "A sentence for the agent to say",
+                "aria-label": "Sentence for the agent to say",
+                "autocomplete": "off",
+            }
+        ),
     )

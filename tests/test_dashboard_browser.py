@@ -10,7 +10,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from playwright.async_api import Browser, async_playwright, expect
 
-from calls.models import Call, CallEvent
+from calls.models import Call, CallEvent, TranscriptEntry
 
 from .agent_harness import SALES_NUMBER, finish, make_agent, start_call
 from .browser import (
@@ -22,7 +22,7 @@ from .browser import (
     new_page,
     post_call_status,
 )
-from .dashboard_helpers import ACTION_PERMISSIONS, make_staff
+from .dashboard_helpers import ACTION_PERMISSIONS, make_call, make_staff
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 pytest_plugins = ["tests.agent_harness"]  # asgi_server, realtime, rest
@@ -266,3 +266,40 @@ async def test_the_page_reconnects_and_catches_up_after_a_dropped_socket(
     assert errors == []
     for live in (first, second):
         await finish(live)
+
+
+async def test_the_page_shows_the_servers_words(browser, console_server, errors):
+    """Labels and formats come in the feed's messages: the page adds none of its own."""
+    agent = await make_agent(targets=TARGETS)
+    call = await sync_to_async(make_call)(agent)
+    past_an_hour_ms = 3_725_400
+    await TranscriptEntry.objects.acreate(
+        call=call,
+        speaker="agent",
+        text="Still there?",
+        offset_ms=past_an_hour_ms,
+        interrupted=True,
+        heard_ms=1300,
+    )
+    await CallEvent.objects.acreate(
+        call=call, kind="transfer_failed", actor="system", data={"error": "x" * 200}
+    )
+    await sync_to_async(make_staff)("viewer", "view_call")
+    page = await log_in(await new_page(browser, errors), console_server, "viewer")
+    card = call_card(page, call.sid)
+    await expect(card.locator(".live-status")).to_have_text("In progress")
+    await expect(card.locator(".live-direction")).to_have_text("Inbound")
+    line = card.locator(".transcript-line")
+    await expect(line.locator(".transcript-offset")).to_have_text("1:02:05.4")
+    await expect(line.locator(".transcript-speaker")).to_have_text("Agent")
+    await expect(line.locator(".transcript-interrupted")).to_have_text(
+        "Interrupted: caller heard 1.3 s"
+    )
+    event = card.locator(".live-events li")
+    await expect(event.locator(".event-kind")).to_have_text("Transfer failed")
+    await expect(event.locator(".event-data")).to_have_text(f"error: {'x' * 79}…")
+
+    # Twilio says the call is over: the card says why, in the server's words.
+    await post_call_status(console_server, call.sid, "completed")
+    await expect(card.locator(".live-status")).to_have_text("Ended: caller hung up")
+    assert errors == []

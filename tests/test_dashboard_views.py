@@ -1,9 +1,24 @@
 """The staff console's pages: the live view, a call's page, and how they are reached."""
 
+import re
+from pathlib import Path
+
 import pytest
+from django import forms
+from django.conf import settings
 from django.utils import timezone
 
-from calls.models import CallEvent, CallStatus, EndReason, MediaStream, TranscriptEntry
+from calls.forms import SayForm
+from calls.labels import SPEAKING_LABELS
+from calls.models import (
+    CallEvent,
+    CallStatus,
+    Direction,
+    EndReason,
+    MediaStream,
+    Speaker,
+    TranscriptEntry,
+)
 
 from .dashboard_helpers import ACTION_PERMISSIONS, make_call, make_staff
 
@@ -184,3 +199,41 @@ def test_a_calls_page_needs_the_view_permission(client, agent):
 def test_an_unknown_call_is_not_found(client):
     client.force_login(make_staff("viewer", "view_call"))
     assert client.get("/admin/calls/call/not-a-uuid/change/").status_code == 404
+
+
+# --- the words and limits come from the server ----------------------------------------------
+
+
+def test_the_live_script_carries_no_words_of_its_own():
+    """The feed's messages and the page's config bring the labels; live.js has no copies."""
+    script = (Path(settings.BASE_DIR) / "calls/static/calls/live.js").read_text().lower()
+    words = [
+        *CallStatus.labels,
+        *EndReason.labels,
+        *Direction.labels,
+        *Speaker.labels,
+        *SPEAKING_LABELS.values(),
+        "Click again to hang up",
+        "Hanging up…",
+    ]
+    quoted = re.compile("|".join(rf"[\"'`]{re.escape(word.lower())}[\"'`]" for word in words))
+    assert quoted.findall(script) == []
+    assert [word for word in words if " " in word and word.lower() in script] == []
+    assert "maxlength" not in script
+
+
+def test_both_pages_render_the_action_forms_from_the_django_forms(client, agent, monkeypatch):
+    text = forms.CharField(
+        max_length=123, widget=forms.TextInput(attrs={"placeholder": "Words for the agent"})
+    )
+    monkeypatch.setitem(SayForm.base_fields, "text", text)
+    expected = str(SayForm(auto_id=False)["text"])
+    assert 'maxlength="123"' in expected
+    client.force_login(make_staff("operator", "view_call", *ACTION_PERMISSIONS))
+    call = make_call(agent)
+    for url in (LIVE, f"/admin/calls/call/{call.pk}/change/"):
+        response = client.get(url)
+        assert "admin/calls/call/call_actions.html" in [t.name for t in response.templates]
+        page = response.content.decode()
+        assert expected in page
+        assert 'maxlength="500"' not in page

@@ -133,10 +133,13 @@ async def test_transcript_lines_arrive_as_they_are_written(agent, watcher):
         "entry": {
             "id": entry.pk,
             "speaker": "caller",
+            "speaker_label": "Caller",
             "text": "I'd like to book a table",
             "offset_ms": 2100,
+            "offset_label": "0:02.1",
             "interrupted": False,
             "heard_ms": None,
+            "interrupted_label": "",
         },
     }
 
@@ -162,3 +165,74 @@ async def test_the_page_can_ask_for_a_fresh_snapshot(agent, watcher):
 async def test_anything_else_from_the_page_is_ignored(watcher):
     await watcher.send_json_to({"action": "hangup", "call_id": "x"})
     assert await watcher.receive_nothing()
+
+
+# --- the words: every shape carries the labels the page shows -------------------------------
+
+
+async def test_a_call_comes_with_the_words_the_page_shows(agent):
+    await sync_to_async(make_call)(agent)
+    communicator, _ = await connect(await staff("viewer", "view_call"))
+    snapshot = await communicator.receive_json_from()
+    await communicator.disconnect()
+    [call] = snapshot["calls"]
+    assert {key: value for key, value in call.items() if key.endswith("label")} == {
+        "direction_label": "Inbound",
+        "caller_label": "+14155550123",
+        "agent_label": "Front desk (+14155550100)",
+        "status_label": "In progress",
+        "ended_label": "",
+        "end_reason_label": "",
+        "transferred_label": "",
+    }
+    assert call["ended"] is False
+
+
+async def test_a_call_that_ends_is_sent_with_why_in_words(agent, watcher):
+    live = await sync_to_async(make_call)(agent)
+    await sync_to_async(services.call_status_update)(call_sid=live.sid, status="completed")
+    message = await watcher.receive_json_from()
+    while message["event"] != "call":
+        message = await watcher.receive_json_from()
+    call = message["call"]
+    assert call["ended"] is True
+    assert (call["status_label"], call["end_reason_label"], call["ended_label"]) == (
+        "Completed",
+        "Caller hung up",
+        "Ended: caller hung up",
+    )
+
+
+async def test_a_transcript_line_comes_with_its_offset_and_interruption_in_words(agent, watcher):
+    live = await sync_to_async(make_call)(agent)
+    await sync_to_async(services.transcript_add)(
+        call_id=str(live.pk),
+        speaker="agent",
+        text="Our hours are",
+        offset_ms=3_725_400,
+        item_id="i1",
+    )
+    await watcher.receive_json_from()
+    await sync_to_async(services.transcript_interrupt)(
+        call_id=str(live.pk), item_id="i1", heard_ms=1300
+    )
+    entry = (await watcher.receive_json_from())["entry"]
+    assert (entry["speaker_label"], entry["offset_label"], entry["interrupted_label"]) == (
+        "Agent",
+        "1:02:05.4",
+        "Interrupted: caller heard 1.3 s",
+    )
+
+
+async def test_an_event_comes_with_its_kind_and_details_in_words(agent, watcher):
+    live = await sync_to_async(make_call)(agent)
+    await sync_to_async(services.call_event_record)(
+        call=live,
+        kind="transfer_failed",
+        actor="system",
+        data={"target": "sales", "number": None, "error": "e" * 200},
+    )
+    entry = (await watcher.receive_json_from())["entry"]
+    assert entry["kind_label"] == "Transfer failed"
+    assert entry["details"] == f"target: sales · error: {'e' * 79}…"
+    assert entry["actor"] == "System"

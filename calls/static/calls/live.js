@@ -3,8 +3,12 @@
  * The server sends a snapshot when the socket opens (and on {"action": "resync"}), then small
  * deltas: "call" (a call's summary), "transcript" (one line, new or updated), "event" (one
  * entry of a call's log) and "speaking" (who is audible now). Each live call is a card cloned
- * from the page's <template>, which holds only the actions this user may take. The socket
- * reconnects by itself, and each reconnection brings a fresh snapshot.
+ * from the page's <template>, which holds only the actions this user may take, as forms the
+ * server rendered. The socket reconnects by itself, and each reconnection brings a fresh
+ * snapshot.
+ *
+ * The words are the server's: the messages carry labels (status_label, offset_label, …) and
+ * the page's config the rest, so this script formats no call, line or event itself.
  */
 "use strict";
 
@@ -17,37 +21,15 @@
     const countLabel = document.getElementById("live-count");
     const emptyNote = document.getElementById("live-empty");
 
-    const TERMINAL_STATUSES = new Set(["completed", "busy", "failed", "no-answer", "canceled"]);
     const ENDED_LINGER_MS = 4000; // an ended call stays, greyed, long enough to see why it left
-    const RECENT_EVENTS = 6;
+    const RECENT_EVENTS = config.recentEvents; // as many as a snapshot brings
     const FORGET_ENDED_MS = 60000; // how long late deltas of a call that is not shown are ignored
     const RETRY_MIN_MS = 500;
     const RETRY_MAX_MS = 15000;
     const RESYNC_MIN_INTERVAL_MS = 2000;
     const FAILURES_BEFORE_HINT = 3;
     const CONFIRM_MS = 4000;
-    const SPEAKING = {
-        caller: "Caller is speaking",
-        agent: "Agent is speaking",
-        none: "Nobody is speaking",
-    };
-    const SPEAKERS = {caller: "Caller", agent: "Agent", staff: "Staff", system: "System"};
-    const STATUS_LABELS = {"in-progress": "In progress", "no-answer": "No answer"};
-    const END_REASONS = {
-        caller_hangup: "the caller hung up",
-        agent_ended: "the agent ended it",
-        staff_hangup: "staff hung up",
-        transferred: "transferred",
-        failed: "failed",
-        timeout: "timed out",
-        no_agent: "no agent answers the number",
-    };
-    const PENDING = {
-        hangup: "Hanging up…",
-        clear: "Clearing the audio…",
-        transfer: "Transferring…",
-        say: "Sending…",
-    };
+    const SPEAKING = config.labels.speaking; // speaker ("" for nobody) -> words
 
     const calls = new Map(); // call id -> {summary, card, lines: Map(entry id -> <li>)}
     // Calls that ended, or that a snapshot was asked about: their late deltas are expected.
@@ -161,7 +143,7 @@
     // --- cards ---------------------------------------------------------------------------
 
     function upsertCall(summary, {fromSnapshot = false} = {}) {
-        if (TERMINAL_STATUSES.has(summary.status) || summary.ended_at) {
+        if (summary.ended) {
             endCall(summary);
             return null;
         }
@@ -192,22 +174,16 @@
 
     function renderHead(call) {
         const {summary, card} = call;
-        const inbound = summary.direction === "inbound";
         card.dataset.status = summary.status;
-        card.querySelector(".live-direction").textContent = inbound ? "Inbound" : "Outbound";
-        // The caller is the person at the other end: who rang us, or whom we rang.
-        const caller = inbound ? summary.from : summary.to;
-        card.querySelector(".live-caller").textContent = caller || "unknown";
-        const agentNumber = inbound ? summary.to : summary.from;
-        card.querySelector(".live-agent").textContent =
-            `${summary.agent || "No agent"}${agentNumber ? ` (${agentNumber})` : ""}`;
-        card.querySelector(".live-status").textContent = statusLabel(summary.status);
+        card.querySelector(".live-direction").textContent = summary.direction_label;
+        card.querySelector(".live-caller").textContent = summary.caller_label;
+        card.querySelector(".live-agent").textContent = summary.agent_label;
+        card.querySelector(".live-status").textContent = summary.status_label;
         const transferred = card.querySelector(".live-transferred");
         transferred.hidden = !summary.transferred_to;
         if (summary.transferred_to) {
             // The stream is gone: the caller talks to a person now. Only hanging up remains.
-            transferred.textContent =
-                `Transferred to ${summary.transferred_to}; the agent has left the call.`;
+            transferred.textContent = summary.transferred_label;
             for (const form of card.querySelectorAll(".live-clear, .live-transfer, .live-say")) {
                 form.hidden = true;
             }
@@ -232,9 +208,7 @@
         const {card} = call;
         card.classList.add("live-call-ended");
         card.dataset.status = summary.status;
-        const reason = END_REASONS[summary.end_reason];
-        card.querySelector(".live-status").textContent =
-            `Ended${reason ? `: ${reason}` : ""}`;
+        card.querySelector(".live-status").textContent = summary.ended_label;
         card.querySelector(".live-actions")?.remove();
         showSpeaking(call, "");
         updateCount();
@@ -262,10 +236,10 @@
     }
 
     function showSpeaking(call, speaker) {
-        const key = speaker || "none";
+        const known = speaker in SPEAKING ? speaker : "";
         const element = call.card.querySelector(".live-speaking");
-        element.dataset.speaker = key;
-        element.querySelector(".live-speaking-text").textContent = SPEAKING[key] || SPEAKING.none;
+        element.dataset.speaker = known || "none";
+        element.querySelector(".live-speaking-text").textContent = SPEAKING[known];
     }
 
     // --- the transcript ------------------------------------------------------------------
@@ -300,15 +274,12 @@
         line.classList.toggle("interrupted", Boolean(entry.interrupted));
         const text = element("span", "transcript-text", entry.text);
         const parts = [
-            element("span", "transcript-offset", offsetLabel(entry.offset_ms)),
-            element("span", "transcript-speaker", SPEAKERS[entry.speaker] || entry.speaker),
+            element("span", "transcript-offset", entry.offset_label),
+            element("span", "transcript-speaker", entry.speaker_label),
             element("span", "transcript-body", text),
         ];
-        if (entry.interrupted) {
-            const heard = entry.heard_ms == null
-                ? "Interrupted"
-                : `Interrupted: caller heard ${(entry.heard_ms / 1000).toFixed(1)} s`;
-            parts[2].append(element("span", "transcript-interrupted", heard));
+        if (entry.interrupted_label) {
+            parts[2].append(element("span", "transcript-interrupted", entry.interrupted_label));
         }
         line.replaceChildren(...parts);
     }
@@ -318,49 +289,34 @@
     function addEvent(call, entry) {
         const events = call.card.querySelector(".live-events");
         const item = document.createElement("li");
-        const details = describeData(entry.data);
         item.append(
             element("time", "", timeOfDay(entry.at)),
             element("span", "event-actor", entry.actor),
             " ",
-            element("span", "event-kind", eventLabel(entry.kind)),
+            element("span", "event-kind", entry.kind_label),
         );
-        if (details) item.append(" ", element("span", "event-data", details));
+        if (entry.details) item.append(" ", element("span", "event-data", entry.details));
         events.append(item);
         while (events.children.length > RECENT_EVENTS) events.firstElementChild.remove();
-    }
-
-    function describeData(data) {
-        return Object.entries(data || {})
-            .filter(([, value]) => value !== null && value !== "")
-            .map(([key, value]) => `${key.replaceAll("_", " ")}: ${describeValue(value)}`)
-            .join(" · ");
-    }
-
-    function describeValue(value) {
-        const text = typeof value === "object"
-            ? Object.values(value).map(describeValue).join(", ")
-            : String(value);
-        return text.length > 80 ? `${text.slice(0, 79)}…` : text;
     }
 
     // --- actions -------------------------------------------------------------------------
 
     function bindActions(call) {
-        const {card} = call;
-        const hangup = card.querySelector(".live-hangup");
-        hangup?.addEventListener("click", () => confirmThen(hangup, () => act(call, "hangup")));
-        card.querySelector(".live-clear")?.addEventListener("click", () => act(call, "clear"));
-        const transfer = card.querySelector(".live-transfer");
-        transfer?.addEventListener("submit", (event) => {
-            event.preventDefault();
-            act(call, "transfer", {target: transfer.elements.target.value});
-        });
-        const say = card.querySelector(".live-say");
-        say?.addEventListener("submit", async (event) => {
-            event.preventDefault();
-            if (await act(call, "say", {text: say.elements.text.value})) say.reset();
-        });
+        // Each action is a form the server rendered; its button names the action and the
+        // words to show while it runs, and its fields are the Django form's.
+        for (const form of call.card.querySelectorAll(".live-actions form")) {
+            const button = form.querySelector("button[data-action]");
+            form.addEventListener("submit", (event) => {
+                event.preventDefault();
+                const run = async () => {
+                    const ok = await act(call, button, new URLSearchParams(new FormData(form)));
+                    if (ok && form.classList.contains("live-say")) form.reset();
+                };
+                if (button.dataset.confirm) confirmThen(button, run);
+                else run();
+            });
+        }
     }
 
     function confirmThen(button, action) {
@@ -374,7 +330,7 @@
         }
         button.dataset.label = button.textContent;
         button.classList.add("confirming");
-        button.textContent = "Click again to hang up";
+        button.textContent = button.dataset.confirm;
         button.confirmTimer = setTimeout(() => unconfirm(button), CONFIRM_MS);
     }
 
@@ -399,14 +355,13 @@
         form.title = options.length ? "" : "This call's agent has no transfer targets.";
     }
 
-    async function act(call, action, fields = {}) {
-        // URL-encoded, not FormData: daphne (Twisted) answers 400 to an empty multipart
-        // body, which is what a Hang up or Clear with no fields would send.
-        const body = new URLSearchParams(fields);
-        showOutcome(call, "pending", PENDING[action]);
+    async function act(call, button, body) {
+        // `body` is URL-encoded, not FormData: daphne (Twisted) answers 400 to an empty
+        // multipart body, which is what a Hang up or Clear with no fields would send.
+        showOutcome(call, "pending", button.dataset.pending);
         setBusy(call, true);
         try {
-            const response = await fetch(urlFor(action, call.summary.id), {
+            const response = await fetch(urlFor(button.dataset.action, call.summary.id), {
                 method: "POST",
                 body,
                 credentials: "same-origin",
@@ -474,25 +429,9 @@
         return hours ? `${hours}:${String(minutes).padStart(2, "0")}:${seconds}` : `${minutes}:${seconds}`;
     }
 
-    function offsetLabel(ms) {
-        const tenths = Math.floor(ms / 100);
-        const minutes = Math.floor(tenths / 600);
-        const seconds = ((tenths % 600) / 10).toFixed(1).padStart(4, "0");
-        return `${minutes}:${seconds}`;
-    }
-
     function timeOfDay(iso) {
         const time = parseTime(iso);
         return Number.isNaN(time) ? "" : new Date(time).toLocaleTimeString([], {hour12: false});
-    }
-
-    function statusLabel(status) {
-        return STATUS_LABELS[status] || status.charAt(0).toUpperCase() + status.slice(1);
-    }
-
-    function eventLabel(kind) {
-        const words = kind.replace(/[_-]+/g, " ");
-        return words.charAt(0).toUpperCase() + words.slice(1);
     }
 
     // --- start ---------------------------------------------------------------------------

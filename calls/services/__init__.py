@@ -1,0 +1,77 @@
+"""Every change of a call's state goes through here.
+
+Webhooks, the stream consumer, the agent session, the admin and the management commands call
+these functions and nothing else writes calls. They are synchronous ORM code; async callers
+wrap them in `channels.db.database_sync_to_async`. The call control functions are async.
+
+Callers use the package's names (`services.call_hangup`); the modules split them by concern:
+webhooks, streams, transcripts (and the event log), control, outbound. What the staff feed
+sends is `calls.feed`'s; its names are re-exported here for existing callers.
+"""
+
+from ..feed import (
+    SPEAKERS_AUDIBLE,
+    call_broadcast,
+    call_speaking_broadcast,
+    call_summary,
+    live_broadcast,
+    transcript_summary,
+)
+from .control import (
+    CallControlError,
+    call_clear_audio,
+    call_hangup,
+    call_play_audio,
+    call_say,
+    call_send,
+    call_transfer,
+)
+from .outbound import call_place_outbound, e164
+from .streams import (
+    STREAM_COUNTERS,
+    StreamOpened,
+    stream_bad_message_record,
+    stream_close,
+    stream_open,
+    stream_status_record,
+)
+from .transcripts import call_event_record, transcript_add, transcript_interrupt
+from .webhooks import (
+    call_answer,
+    call_end_record,
+    call_status_update,
+    connect_ended_record,
+    dial_outcome_record,
+)
+
+__all__ = [
+    "STREAM_COUNTERS",
+    "SPEAKERS_AUDIBLE",
+    "CallControlError",
+    "StreamOpened",
+    "call_answer",
+    "call_broadcast",
+    "call_clear_audio",
+    "call_end_record",
+    "call_event_record",
+    "call_hangup",
+    "call_place_outbound",
+    "call_play_audio",
+    "call_say",
+    "call_send",
+    "call_speaking_broadcast",
+    "call_status_update",
+    "call_summary",
+    "call_transfer",
+    "connect_ended_record",
+    "dial_outcome_record",
+    "e164",
+    "live_broadcast",
+    "stream_bad_message_record",
+    "stream_close",
+    "stream_open",
+    "stream_status_record",
+    "transcript_add",
+    "transcript_interrupt",
+    "transcript_summary",
+]

@@ -1,0 +1,54 @@
+"""What is written about a call as it goes: its transcript, and its log of events."""
+
+from typing import Any
+
+from ..feed import event_broadcast, transcript_broadcast
+from ..models import Call, CallEvent, TranscriptEntry
+
+
+def call_event_record(
+    *,
+    call: Call,
+    kind: str,
+    actor: str,
+    user: Any = None,
+    data: dict[str, Any] | None = None,
+) -> CallEvent:
+    event = CallEvent.objects.create(
+        call=call, kind=kind, actor=actor, user=user if user and user.pk else None, data=data or {}
+    )
+    event_broadcast(event)
+    return event
+
+
+def transcript_add(
+    *,
+    call_id: str,
+    speaker: str,
+    text: str,
+    offset_ms: int,
+    item_id: str = "",
+    interrupted: bool = False,
+    heard_ms: int | None = None,
+) -> TranscriptEntry:
+    entry = TranscriptEntry.objects.create(
+        call_id=call_id,
+        speaker=speaker,
+        text=text,
+        offset_ms=max(0, offset_ms),
+        item_id=item_id,
+        interrupted=interrupted,
+        heard_ms=heard_ms,
+    )
+    transcript_broadcast(entry)
+    return entry
+
+
+def transcript_interrupt(*, call_id: str, item_id: str, heard_ms: int) -> int:
+    """Mark an agent line the caller cut off, with how much of it they heard."""
+    entries = list(TranscriptEntry.objects.filter(call_id=call_id, item_id=item_id))
+    for entry in entries:
+        entry.interrupted, entry.heard_ms = True, heard_ms
+        entry.save(update_fields=["interrupted", "heard_ms"])
+        transcript_broadcast(entry)
+    return len(entries)

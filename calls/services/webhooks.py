@@ -1,0 +1,183 @@
+"""What Twilio's webhooks tell us about a call: answering it, its status callbacks, and how
+its <Connect> or <Dial> ended."""
+
+import logging
+from datetime import datetime
+
+from django.db import transaction
+from django.utils import timezone
+
+from agents.models import Agent
+
+from .. import security, twiml
+from ..feed import call_broadcast
+from ..models import (
+    STATUS_RANK,
+    TERMINAL_STATUSES,
+    Actor,
+    Call,
+    CallStatus,
+    Direction,
+    EndReason,
+)
+from .transcripts import call_event_record
+
+logger = logging.getLogger(__name__)
+
+_END_REASON_BY_STATUS = {
+    CallStatus.COMPLETED: EndReason.CALLER_HANGUP,
+    CallStatus.BUSY: EndReason.FAILED,
+    CallStatus.FAILED: EndReason.FAILED,
+    CallStatus.NO_ANSWER: EndReason.FAILED,
+    CallStatus.CANCELED: EndReason.FAILED,
+}
+
+
+def call_answer(
+    *,
+    call_sid: str,
+    account_sid: str,
+    from_number: str,
+    to_number: str,
+    direction: str,
+    status: str = CallStatus.RINGING,
+) -> str:
+    """Record the call Twilio is asking about and return the TwiML that answers it.
+
+    Twilio retries a webhook it got no answer to, so this is idempotent per CallSid: the
+    retry finds the same Call and gets a fresh stream token (the first one may never have
+    reached Twilio).
+    """
+    with transaction.atomic():
+        call = Call.objects.select_for_update().filter(sid=call_sid).first()
+        created = call is None
+        if created:
+            is_outbound = direction.startswith("outbound")
+            agent_number = from_number if is_outbound else to_number
+            call = Call(
+                sid=call_sid,
+                account_sid=account_sid,
+                direction=Direction.OUTBOUND if is_outbound else Direction.INBOUND,
+                from_number=from_number,
+                to_number=to_number,
+                agent=Agent.objects.for_number(agent_number),
+                status=status if status in STATUS_RANK else CallStatus.RINGING,
+            )
+        if call.agent_id is None:
+            call.end_reason = EndReason.NO_AGENT
+            call.save()
+            if created:
+                call_event_record(
+                    call=call, kind="unrouted", actor=Actor.SYSTEM, data={"to": to_number}
+                )
+            logger.warning("Call %s to %s: no active agent answers it", call_sid, to_number)
+            return twiml.unrouted()
+        token, call.stream_nonce = security.stream_token_issue(call_sid)
+        call.save()
+        call_event_record(
+            call=call,
+            kind="answered" if created else "answer_retried",
+            actor=Actor.TWILIO,
+            data={"agent": call.agent.name},
+        )
+        call_broadcast(call)
+    return twiml.connect_stream(token=token)
+
+
+def _status_moves_forward(call: Call, status: str, sequence: int | None) -> bool:
+    if call.status in TERMINAL_STATUSES or status not in STATUS_RANK:
+        return False
+    if (
+        sequence is not None
+        and call.status_sequence is not None
+        and sequence <= call.status_sequence
+    ):
+        return False
+    return STATUS_RANK[status] > STATUS_RANK[call.status]
+
+
+def call_status_update(
+    *,
+    call_sid: str,
+    status: str,
+    duration_seconds: int | None = None,
+    sequence: int | None = None,
+    at: datetime | None = None,
+) -> Call | None:
+    """Apply one of Twilio's call status callbacks.
+
+    They arrive in any order, so a status only moves forward and a finished call never
+    returns to ringing. A late callback may still fill in the duration.
+    """
+    at = at or timezone.now()
+    with transaction.atomic():
+        call = Call.objects.select_for_update().filter(sid=call_sid).first()
+        if call is None:
+            logger.warning("Status %s for unknown call %s ignored", status, call_sid)
+            return None
+        changed = []
+        if _status_moves_forward(call, status, sequence):
+            call.status = status
+            call.status_sequence = sequence
+            changed.append("status")
+            if status == CallStatus.IN_PROGRESS and call.answered_at is None:
+                call.answered_at = at
+            if status in TERMINAL_STATUSES:
+                call.ended_at = call.ended_at or at
+                call.end_reason = call.end_reason or _END_REASON_BY_STATUS[status]
+        if duration_seconds is not None and call.duration_seconds is None:
+            call.duration_seconds = duration_seconds
+            changed.append("duration")
+        if not changed:
+            return call
+        call.save()
+        call_event_record(
+            call=call,
+            kind="status",
+            actor=Actor.TWILIO,
+            data={"status": status, "sequence": sequence, "duration_seconds": duration_seconds},
+        )
+        call_broadcast(call)
+    return call
+
+
+def call_end_record(*, call_id: str, reason: str, actor: str) -> Call | None:
+    """We know the call is over (hung up through REST, the caller left, the dial ended).
+
+    Twilio's status callback says so too, but only where the number has one configured;
+    this keeps the live view right without it. The callback may still fill the duration.
+    """
+    with transaction.atomic():
+        call = Call.objects.select_for_update().filter(pk=call_id).first()
+        if call is None or not call.is_live:
+            return call
+        call.status = CallStatus.COMPLETED
+        call.ended_at = timezone.now()
+        call.end_reason = call.end_reason or reason
+        call.save(update_fields=["status", "ended_at", "end_reason"])
+        call_event_record(call=call, kind="ended", actor=actor, data={"reason": call.end_reason})
+        call_broadcast(call)
+    return call
+
+
+def dial_outcome_record(*, call_sid: str, dial_status: str, duration_seconds: int | None) -> str:
+    """Twilio reports how a transfer's <Dial> ended; the call then hangs up."""
+    call = Call.objects.filter(sid=call_sid).first()
+    if call is not None:
+        call_event_record(
+            call=call,
+            kind="transfer_ended",
+            actor=Actor.TWILIO,
+            data={"dial_status": dial_status, "duration_seconds": duration_seconds},
+        )
+        call_end_record(call_id=call.pk, reason=EndReason.TRANSFERRED, actor=Actor.TWILIO)
+    return twiml.hangup()
+
+
+def connect_ended_record(*, call_sid: str) -> str:
+    """Twilio ran <Connect>'s action: our stream closed and no transfer replaced the TwiML."""
+    call = Call.objects.filter(sid=call_sid).first()
+    if call is not None:
+        call_event_record(call=call, kind="stream_closed", actor=Actor.TWILIO)
+        call_end_record(call_id=call.pk, reason=EndReason.AGENT_ENDED, actor=Actor.TWILIO)
+    return twiml.hangup()
