@@ -40,8 +40,12 @@ superuser: export DJANGO_DEBUG ?= true
 superuser: $(VENV)/.runtime-installed
 	$(BIN)/python manage.py createsuperuser
 
+# Ruff, then the import rules in pyproject.toml ([tool.importlinter]): which package may
+# import which (voicebot -> calls -> agents -> callmedia; no Django in callmedia or peers;
+# nothing imports tests; the apps do not import the bench).
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 test: $(VENV)/.dev-installed lint
 	$(BIN)/pytest
@@ -50,4 +54,4 @@ bench: $(VENV)/.dev-installed
 	$(BIN)/python -m bench.relay $(ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .import_linter_cache

@@ -6,7 +6,7 @@
 - `bench.twilio_side`: Twilio's side, N calls: the signed voice webhook, then a lean
   bidirectional media stream client (50 frames/s, real-time playback, mark echoes, clear),
   the Twilio REST emulator, and a staff dashboard socket on the live feed.
-- `bench.model_side`: the model's side: peers/realtime.py's FakeRealtimeServer with a
+- `bench.model_side`: the model's side: peers.realtime's FakeRealtimeServer with a
   session subclass that stamps every audio frame with a unique key.
 - `bench.common`: what they share: frame keys, clocks, /proc readers.
 - `bench.serve`: runs a server under cProfile (window only) and/or with a preloaded module.

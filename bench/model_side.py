@@ -1,4 +1,4 @@
-"""The model's side of the bench: peers/realtime.py's FakeRealtimeServer, instrumented.
+"""The model's side of the bench: peers.realtime's FakeRealtimeServer, instrumented.
 
 Run by bench.relay as `python -m bench.model_side`; it prints `READY <url>`, serves until a
 `DUMP <path>` line arrives on stdin, writes what it recorded (pickle) and prints `DUMPED`.
@@ -28,7 +28,6 @@ from typing import Any
 
 from websockets.protocol import State
 
-from peers import realtime
 from peers.realtime import FakeRealtimeServer, FakeSession, Reply, tone
 
 from .common import FRAME_BYTES, KEY_BYTES, KEY_CHARS, model_key_bytes, now, pin_to
@@ -112,7 +111,7 @@ class BenchSession(FakeSession):
         self.index = len(REC.sessions)
         self.call_index = -1
         self.responses_started = 0
-        self._ws = _SendTap(ws, self)
+        self.sender.ws = _SendTap(ws, self)
         REC.sessions.append(self)
 
     def _next_reply(self) -> Reply:
@@ -202,8 +201,7 @@ def dump(path: str) -> None:
 
 
 async def main() -> None:
-    realtime.FakeSession = BenchSession  # FakeRealtimeServer._handle builds this class
-    server = FakeRealtimeServer(interrupt_response=True)
+    server = FakeRealtimeServer(interrupt_response=True, session_class=BenchSession)
     await server.start()
     print("READY", server.url, flush=True)
     loop = asyncio.get_running_loop()

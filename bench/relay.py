@@ -6,7 +6,7 @@ daphne and under uvicorn. The load runs on the other core, in two processes:
   caller frames/s in real time, playing the server's audio in real time, echoing marks and
   honouring clear as Twilio does; plus Twilio's REST emulator and one staff dashboard socket
   on the live feed (so transcript and event broadcasts are delivered);
-- bench.model_side: the fake Realtime server (peers/realtime.py), streaming replies at
+- bench.model_side: the fake Realtime server (peers/realtime/), streaming replies at
   50 deltas/s with transcripts, and a caller barge-in every ~turn-ms.
 
 Every audio frame carries a unique key in its first bytes, so each direction is timed frame

@@ -18,7 +18,7 @@ the bottleneck on one core. This one keeps Twilio's observable behaviour:
   played, at once if nothing is buffered; `clear` drops the buffer and echoes every pending
   mark at once;
 - every non-media message, and one media message in 50, is checked with
-  callmedia.protocol.validate_outbound (Twilio's 31950/31951 rules).
+  calls.simulator.wire.validate_outbound (Twilio's 31950/31951 rules).
 It uses aiohttp's WebSocket client (compiled frame reader and masking). Even so, each call
 costs this process about as much CPU as it costs the server: at 100 calls the two generator
 processes need more than the one core they have, which the report flags.
@@ -42,14 +42,14 @@ import aiohttp
 from aiohttp import ClientWebSocketResponse, WSMsgType
 from twilio.request_validator import RequestValidator
 
-from callmedia.protocol import (
+from calls.simulator.rest import TwilioRestEmulator
+from calls.simulator.wire import (
     connected_message,
     mark_echo_message,
     start_message,
     stop_message,
     validate_outbound,
 )
-from calls.simulator.rest import TwilioRestEmulator
 
 from .common import FRAME_BYTES, FRAME_S, KEY_BYTES, caller_key, now, pin_to
 

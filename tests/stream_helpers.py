@@ -15,9 +15,9 @@ import xml.etree.ElementTree as ET
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 
-from callmedia import protocol
 from callmedia.audio import FRAME_BYTES, MULAW_SILENCE
 from calls import security, services
+from calls.simulator import wire
 
 from .twilio_helpers import ACCOUNT_SID, new_call_sid
 
@@ -70,10 +70,10 @@ class TwilioTestStream:
     async def open(self) -> None:
         """`connected` then `start`, as Twilio opens every stream."""
         assert await self.connect()
-        await self.send(protocol.connected_message())
+        await self.send(wire.connected_message())
         parameters = {"token": self.token} if self.token is not None else {}
         await self.send(
-            protocol.start_message(
+            wire.start_message(
                 stream_sid=self.stream_sid,
                 call_sid=self.call_sid,
                 account_sid=ACCOUNT_SID,
@@ -85,7 +85,7 @@ class TwilioTestStream:
     async def media(self, payload_b64: str = SILENT_FRAME_B64, count: int = 1) -> None:
         for _ in range(count):
             await self.send(
-                protocol.inbound_media_message(
+                wire.inbound_media_message(
                     stream_sid=self.stream_sid,
                     sequence_number=self._next(),
                     chunk=self.chunk + 1,
@@ -97,21 +97,21 @@ class TwilioTestStream:
 
     async def dtmf(self, digit: str) -> None:
         await self.send(
-            protocol.dtmf_message(
+            wire.dtmf_message(
                 stream_sid=self.stream_sid, sequence_number=self._next(), digit=digit
             )
         )
 
     async def mark(self, name: str) -> None:
         await self.send(
-            protocol.mark_echo_message(
+            wire.mark_echo_message(
                 stream_sid=self.stream_sid, sequence_number=self._next(), name=name
             )
         )
 
     async def stop(self) -> None:
         await self.send(
-            protocol.stop_message(
+            wire.stop_message(
                 stream_sid=self.stream_sid,
                 sequence_number=self._next(),
                 call_sid=self.call_sid,
@@ -125,7 +125,7 @@ class TwilioTestStream:
         if message["type"] == "websocket.close":
             self.close_code = message.get("code", 1000)
             raise ConnectionError(f"server closed the stream with {self.close_code}")
-        problem = protocol.validate_outbound(
+        problem = wire.validate_outbound(
             message.get("text") if message.get("bytes") is None else message["bytes"],
             self.stream_sid,
         )

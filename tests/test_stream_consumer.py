@@ -8,10 +8,11 @@ import pytest
 from asgiref.sync import sync_to_async
 
 from agents.models import Agent, TransferTarget
-from callmedia import audio, protocol
+from callmedia import audio
 from calls import services
 from calls.consumers import MediaStreamConsumer
 from calls.models import Call, CallEvent, EndReason, MediaStream, StreamStatus
+from calls.simulator import wire
 from calls.simulator.rest import TwilioRestEmulator
 from peers.realtime import FakeRealtimeServer, Reply
 
@@ -157,7 +158,7 @@ async def test_a_valid_upgrade_signature_is_accepted(quiet_agent, realtime):
 
 
 async def test_connected_is_accepted_quietly(stream):
-    await stream.send(protocol.connected_message())
+    await stream.send(wire.connected_message())
     assert await stream.nothing_received()
 
 
@@ -208,7 +209,7 @@ async def test_stop_ends_the_stream_without_hanging_up(stream, rest):
 
 def _media_with(stream: TwilioTestStream, **changes) -> str:
     message = json.loads(
-        protocol.inbound_media_message(
+        wire.inbound_media_message(
             stream_sid=stream.stream_sid,
             sequence_number=99,
             chunk=99,
@@ -289,7 +290,7 @@ async def test_audio_produced_before_start_is_queued_not_sent_with_a_null_stream
     assert [m["event"] for m in sent] == ["media", "mark"]
     assert all(m["streamSid"] == consumer.stream_sid for m in sent)
     assert all(
-        protocol.validate_outbound(text, consumer.stream_sid) is None for text in consumer._outbox
+        wire.validate_outbound(text, consumer.stream_sid) is None for text in consumer._outbox
     )
 
 

@@ -23,7 +23,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from callmedia.audio import BYTES_PER_MS, FRAME_BYTES, FRAME_MS, silence
-from callmedia.protocol import (
+
+from .wire import (
     connected_message,
     dtmf_message,
     inbound_media_message,
