@@ -14,7 +14,7 @@ import itertools
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -169,10 +169,11 @@ class OpenAIRealtimeBackend(Backend):
             with contextlib.suppress(Exception):
                 await self._ws.close()
 
-    async def _write(self, message: str) -> None:
+    def _write(self, message: str) -> Awaitable[None]:
+        # The socket's own coroutine, none of ours per message. A ConnectionClosed drops
+        # what is queued; the reader reports the close.
         assert self._ws is not None
-        # A ConnectionClosed drops what is queued; the reader reports the close.
-        await self._ws.send(message)
+        return self._ws.send(message)
 
     def _send(self, message: str) -> None:
         if self._closing or self._ws is None:

@@ -3,6 +3,7 @@
 import asyncio
 import base64
 import logging
+from collections.abc import Awaitable
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -277,9 +278,9 @@ class MediaStreamConsumer(StreamingConsumer):
         """Keep what is posted from now in the outbox until `flush`: no writer wake-up."""
         self._outbox.hold()
 
-    async def flush(self) -> None:
+    def flush(self) -> Awaitable[None]:
         """Write the outbox in the caller's task (the session's, after each model event)."""
-        await self._outbox.flush()
+        return self._outbox.flush()  # the Outbox's own coroutine: none more per model event
 
     def _flush_before_start(self) -> None:
         pending, self._before_start = self._before_start, []
@@ -289,8 +290,9 @@ class MediaStreamConsumer(StreamingConsumer):
             else:
                 self.send_audio(*entry)
 
-    async def _send_text(self, text: str) -> None:
-        await self.base_send({"type": "websocket.send", "text": text})
+    def _send_text(self, text: str) -> Awaitable[None]:
+        # Returns the server's own awaitable: no coroutine of ours per outbound frame.
+        return self.base_send({"type": "websocket.send", "text": text})
 
     def _resolve_waiters(self, played: bool) -> None:
         waiters, self._waiters = self._waiters, []

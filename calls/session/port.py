@@ -5,6 +5,7 @@ Twilio's socket implements it (calls.consumers.media). Everything the session ca
 audio delta is synchronous and O(1); what awaits is for endings and clips.
 """
 
+from collections.abc import Awaitable
 from typing import Protocol
 
 
@@ -39,7 +40,7 @@ class StreamPort(Protocol):
     def hold(self) -> None:
         """Keep what is sent from now on queued until `flush`."""
 
-    async def flush(self) -> None:
+    def flush(self) -> Awaitable[None]:
         """Write what is queued, in the caller's task."""
 
     async def end_stream(self) -> None:
