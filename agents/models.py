@@ -95,10 +95,6 @@ class Agent(models.Model):
     def __str__(self) -> str:
         return f"{self.name} ({self.phone_number})" if self.phone_number else self.name
 
-    @property
-    def default_target(self) -> "TransferTarget | None":
-        return self.transfer_targets.filter(is_default=True).first()
-
 
 class TransferTarget(models.Model):
     agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="transfer_targets")

@@ -521,7 +521,7 @@ async def test_the_live_view_hears_who_is_speaking_as_it_changes(asgi_server, re
 
 def test_session_events_are_recorded_by_call_id_and_skipped_once_the_call_is_gone():
     from calls.models import CallEvent
-    from calls.session.agent import _event_record
+    from calls.session.recorder import _event_record
 
     from .dashboard_helpers import make_call
 

@@ -18,13 +18,13 @@ import binascii
 import itertools
 import logging
 import time
-from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from agents import speech
 from agents.tools import END_CALL, TRANSFER_TO_HUMAN
 from callmedia.audio import BYTES_PER_MS, FRAME_MS, ulaw_rms
+from callmedia.outbox import Outbox
 
 from .base import (
     AgentConfig,
@@ -115,9 +115,8 @@ class LocalBackend(Backend):
         self.vad = EnergyVad()
         self.truncated: dict[str, int] = {}  # item_id -> ms the caller heard
         self._events: asyncio.Queue[BackendEvent | None] | None = None
-        self._work: deque[_Utterance] = deque()
-        self._wake = asyncio.Event()
-        self._worker: asyncio.Task[None] | None = None
+        # Utterances to speak, one response at a time, as the model does.
+        self._work: Outbox[_Utterance] = Outbox(self._respond, name=f"local-agent-{call_sid}")
         self._speaking: asyncio.Task[None] | None = None
         self._ids = itertools.count(1)
         self._replies = itertools.cycle(REPLIES)
@@ -134,17 +133,17 @@ class LocalBackend(Backend):
         except (OSError, speech.SpeechError) as error:
             raise BackendUnavailable(f"espeak-ng is not usable: {error}") from error
         self._events = asyncio.Queue()
-        self._worker = asyncio.create_task(self._respond(), name=f"local-agent-{self.call_sid}")
+        self._work.start()
 
     async def close(self) -> None:
         if self._closing:
             return
         self._closing = True
         self._work.clear()
-        for task in (self._speaking, self._worker):
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+        if self._speaking is not None:
+            self._speaking.cancel()
+            await asyncio.gather(self._speaking, return_exceptions=True)
+        await self._work.stop()
         if self._events is not None:
             self._events.put_nowait(None)
 
@@ -219,21 +218,16 @@ class LocalBackend(Backend):
     def _queue(self, utterance: _Utterance) -> None:
         if self._closing:
             return
-        self._work.append(utterance)
-        self._wake.set()
+        self._work.post(utterance)
 
-    async def _respond(self) -> None:
-        """Speak queued utterances one response at a time, as the model does."""
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._work:
-                response_id = f"local-response-{next(self._ids)}"
-                self._emit(ResponseCreated(response_id))
-                self._speaking = asyncio.create_task(self._speak(self._work.popleft(), response_id))
-                await asyncio.gather(self._speaking, return_exceptions=True)
-                if self._speaking.cancelled():
-                    self._emit(ResponseDone(response_id, "cancelled"))
+    async def _respond(self, utterance: _Utterance) -> None:
+        """Speak one queued utterance as one response; cancel_response cuts it short."""
+        response_id = f"local-response-{next(self._ids)}"
+        self._emit(ResponseCreated(response_id))
+        self._speaking = asyncio.create_task(self._speak(utterance, response_id))
+        await asyncio.gather(self._speaking, return_exceptions=True)
+        if self._speaking.cancelled():
+            self._emit(ResponseDone(response_id, "cancelled"))
 
     async def _speak(self, utterance: _Utterance, response_id: str) -> None:
         item_id = f"local-item-{next(self._ids)}"

@@ -2,21 +2,19 @@
 
 Audio is `audio/pcmu` both ways, so Twilio's base64 payloads pass through untouched. The
 send path never waits on the socket: caller frames are written at once while nothing is
-queued and the socket keeps up, everything else goes through a queue drained by one writer
+queued and the socket keeps up, everything else goes through an outbox drained by one writer
 task, and frames leave in order either way. The hot message, `input_audio_buffer.append`, is
 built from a string template rather than `json.dumps` (base64 needs no JSON escaping).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import itertools
 import json
 import logging
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -26,6 +24,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.protocol import State
 
 from agents.tools import tools_for
+from callmedia.outbox import Outbox
 
 from .base import (
     AgentConfig,
@@ -128,9 +127,7 @@ class OpenAIRealtimeBackend(Backend):
         self.url = url or settings.OPENAI_REALTIME_URL
         self.api_key = settings.OPENAI_API_KEY if api_key is None else api_key
         self._ws: ClientConnection | None = None
-        self._outbox: deque[str] = deque()
-        self._wake = asyncio.Event()
-        self._writer: asyncio.Task[None] | None = None
+        self._outbox: Outbox[str] = Outbox(self._write, name=f"openai-writer-{call_sid}")
         self._closing = False
         self._dropping_audio = False
         self._event_ids = itertools.count(1)
@@ -161,38 +158,27 @@ class OpenAIRealtimeBackend(Backend):
             )
         except ConnectionClosed as error:
             raise BackendUnavailable(f"the model closed the connection at once: {error}") from error
-        self._writer = asyncio.create_task(self._write(), name=f"openai-writer-{self.call_sid}")
+        self._outbox.start()
 
     async def close(self) -> None:
         if self._closing:
             return
         self._closing = True
-        self._outbox.clear()
-        if self._writer is not None:
-            self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
+        await self._outbox.stop()
         if self._ws is not None:
             with contextlib.suppress(Exception):
                 await self._ws.close()
 
-    async def _write(self) -> None:
-        ws, outbox = self._ws, self._outbox
-        assert ws is not None
-        try:
-            while True:
-                self._wake.clear()
-                while outbox:
-                    await ws.send(outbox.popleft())
-                await self._wake.wait()
-        except ConnectionClosed:
-            pass  # the reader reports the close
+    def _write(self, message: str) -> Awaitable[None]:
+        # The socket's own coroutine, none of ours per message. A ConnectionClosed drops
+        # what is queued; the reader reports the close.
+        assert self._ws is not None
+        return self._ws.send(message)
 
     def _send(self, message: str) -> None:
         if self._closing or self._ws is None:
             return
-        self._outbox.append(message)
-        self._wake.set()
+        self._outbox.post(message)
 
     def _send_event(self, type_: str, **fields: Any) -> None:
         self._send(_dumps({"type": type_, **fields}))
@@ -222,8 +208,7 @@ class OpenAIRealtimeBackend(Backend):
             ws.protocol.send_text(message.encode())
             ws.send_data()
             return
-        self._outbox.append(message)
-        self._wake.set()
+        self._outbox.post(message)
 
     def create_response(self) -> None:
         self._send_event("response.create")

@@ -31,7 +31,6 @@ class StreamOpened:
     call_id: str
     call_sid: str
     agent_id: int | None
-    started_at: datetime
 
 
 def stream_open(
@@ -95,9 +94,7 @@ def stream_open(
             call.status, call.answered_at = CallStatus.IN_PROGRESS, call.answered_at or now
             call.save(update_fields=["status", "answered_at"])
             call_broadcast(call)
-    return StreamOpened(
-        call_id=str(call.id), call_sid=call.sid, agent_id=call.agent_id, started_at=now
-    )
+    return StreamOpened(call_id=str(call.id), call_sid=call.sid, agent_id=call.agent_id)
 
 
 STREAM_COUNTERS = (

@@ -1,19 +1,15 @@
 """AgentSession: one per call, between the media stream and a voice backend.
 
-The stream consumer is the session's "port": it owns Twilio's socket, the stream clock
-(`now_ms`) and the PlaybackTracker that turns mark echoes into what the caller heard. The
-session forwards caller audio to the backend, plays the model's audio, and acts on what
-the model and the caller do: barge-in, the end_call and transfer tools, keypresses,
-transcripts, limits, and a model that fails.
+The session forwards caller audio to the backend, plays the model's audio through the
+stream's port (calls.session.port), and acts on what the model and the caller do: barge-in,
+tools, keypresses, transcripts. How a call ends (goodbye, transfer, a failed model, limits)
+is in calls.session.endings; what is written to the database, in calls.session.recorder.
 
 Rules it keeps:
 - `caller_audio` is the hot path: sync, O(1), no database, no awaits.
 - Barge-in sends `clear` before anything else, then truncates the model's item at what the
   caller heard (protocols.md, pitfalls 1 and 2).
-- Database writes (transcripts, call events) go through one writer task, in order, batched
-  into one thread hop; nothing is written per audio frame.
-- Hang-ups and transfers go through calls.services; once started they are shielded, so a
-  `stop` that arrives meanwhile (a transfer always causes one) does not cut them short.
+- Nothing is written per audio frame: transcripts per utterance, events per event.
 """
 
 from __future__ import annotations
@@ -22,12 +18,10 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any, Protocol
+from typing import Any
 
 from channels.db import database_sync_to_async
-from django.db import IntegrityError, transaction
 
-from agents import assets
 from agents.backends import backend_for
 from agents.backends.base import (
     AgentConfig,
@@ -45,22 +39,21 @@ from agents.backends.base import (
     ResponseDone,
     SpeechStarted,
     SpeechStopped,
-    TargetConfig,
     ToolCall,
 )
-from agents.models import Agent
 from agents.tools import END_CALL, TRANSFER_TO_HUMAN
 from callmedia.audio import BYTES_PER_MS
-from callmedia.playback import PlaybackTracker
+from callmedia.tasks import TaskSet
 from calls import services
-from calls.models import Actor, Call, EndReason, Speaker
+from calls.models import Actor
+from calls.session.config import agent_config_load
+from calls.session.endings import Endings
+from calls.session.port import StreamPort
+from calls.session.recorder import Recorder
+from calls.session.state import ModelItem, Phase
 
 logger = logging.getLogger(__name__)
 
-# How long a goodbye or "connecting you now" may take to play before we act anyway.
-PLAYOUT_WAIT_S = 10.0
-# Extra time, beyond a clip's length, for its mark to come back.
-CLIP_WAIT_MARGIN_S = 5.0
 # A mark every ~1 s of model audio, as well as one per response: the tracker re-anchors on
 # each echo, so a long answer's heard position stays exact to a frame or two even if Twilio
 # stalls mid-answer; one small message a second is nothing next to 50 media frames.
@@ -68,79 +61,10 @@ SEGMENT_MAX_BYTES = 1000 * BYTES_PER_MS
 # Keys typed in a row (an account number) make one response, this long after the last one.
 DTMF_RESPONSE_DELAY_S = 1.0
 WATCHDOG_INTERVAL_S = 0.2
+# How long stopping waits for a hang-up or transfer under way.
 STOP_TIMEOUT_S = 10.0
 # At stop, an agent line the caller heard less of than this was cut off by the hang-up.
 CUT_OFF_MARGIN_MS = 100
-
-APOLOGY_CLIP = "apology"
-GOODBYE_CLIP = "goodbye"
-
-
-class StreamPort(Protocol):
-    """What the media stream consumer offers the session (see calls.consumers)."""
-
-    call_id: str
-    call_sid: str
-    tracker: PlaybackTracker
-    now_ms: int
-
-    def send_audio(self, item_id: str, payload_b64: str, nbytes: int) -> None: ...
-    def hold(self) -> None: ...
-    async def flush(self) -> None: ...
-    def end_segment(self) -> None: ...
-    def clear(self) -> dict[str, int]: ...
-    async def wait_played(self, timeout_s: float) -> bool: ...
-    async def close_stream(self, code: int = 1000) -> None: ...
-    async def play_ulaw(self, ulaw: bytes, item_id: str) -> None: ...
-
-
-# --- the database side, run by the writer task --------------------------------------------
-
-
-def agent_config_load(agent_id: int | None) -> AgentConfig | None:
-    agent = Agent.objects.filter(pk=agent_id).first() if agent_id is not None else None
-    if agent is None:
-        return None
-    targets = tuple(
-        TargetConfig(name=t.name, description=t.description, is_default=t.is_default)
-        for t in agent.transfer_targets.all()
-    )
-    return AgentConfig(
-        id=agent.pk,
-        name=agent.name,
-        instructions=agent.instructions,
-        greeting=agent.greeting,
-        voice=agent.voice,
-        model=agent.model,
-        backend=agent.backend,
-        transfer_digit=agent.transfer_digit,
-        max_call_seconds=agent.max_call_seconds,
-        idle_timeout_seconds=agent.idle_timeout_seconds,
-        targets=targets,
-    )
-
-
-def _event_record(*, call_id: str, kind: str, actor: str, data: dict[str, Any]) -> None:
-    # The call's id is all an event needs: no query to load the call first.
-    try:
-        with transaction.atomic():
-            services.call_event_record(call=Call(pk=call_id), kind=kind, actor=actor, data=data)
-    except IntegrityError:
-        logger.info("Call %s: not recording %s, the call was deleted", call_id, kind)
-
-
-DbWrite = tuple[Callable[..., Any], dict[str, Any]]
-
-
-def _write_batch(call_sid: str, batch: list[DbWrite]) -> None:
-    for function, kwargs in batch:
-        try:
-            function(**kwargs)
-        except Exception:
-            logger.exception("Call %s: %s failed", call_sid, function.__name__)
-
-
-# --- the session ----------------------------------------------------------------------------
 
 
 class AgentSession:
@@ -154,21 +78,21 @@ class AgentSession:
         self.config: AgentConfig | None = None
         self.backend: Backend | None = None
         self._connecting: Backend | None = None
+        self.phase = Phase.ACTIVE
+        self.recorder = Recorder(call_id=self.call_id, call_sid=call_sid)
+        self.endings = Endings(self)
 
-        self._loop: asyncio.AbstractEventLoop | None = None
+        owner = f"Call {call_sid}"
+        self._tasks = TaskSet(owner)  # the conversation, the watchdog, broadcasts
+        self._actions = TaskSet(owner)  # tools and endings: the call is not idle meanwhile
+        # Hang-ups and transfers, shielded from cancellation; their callers handle errors.
+        self._controls = TaskSet(owner, failure_level=logging.DEBUG)
+        self._dtmf_timer: asyncio.TimerHandle | None = None
         self._started_at = 0.0
         self._last_activity = 0.0
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._tool_tasks: set[asyncio.Task[Any]] = set()
-        self._control_tasks: set[asyncio.Future[Any]] = set()
-        self._db_queue: asyncio.Queue[DbWrite | None] = asyncio.Queue()
-        self._db_task: asyncio.Task[None] | None = None
-        self._dtmf_timer: asyncio.TimerHandle | None = None
 
-        self._stopped = False
-        self._failing = False
-        self._ending = False  # hanging up or transferring: the model is no longer heard
-        self._handing_off = False
+        self._items: dict[str, ModelItem] = {}
+        self._caller_offsets: dict[str, int] = {}  # caller item -> stream time speech started
         self._caller_speaking = False
         self._speaker = ""  # who the live view shows as audible: "caller", "agent" or ""
         self._active_response: str | None = None
@@ -178,23 +102,11 @@ class AgentSession:
         self._dropped_responses: set[str] = set()
         self._segment_bytes = 0
 
-        # Per model item: bytes received (= sent to Twilio), stream offset of its first
-        # audio, its response, its transcript so far, and whether it is written.
-        self._item_bytes: dict[str, int] = {}
-        self._item_offsets: dict[str, int] = {}
-        self._item_response: dict[str, str] = {}
-        self._item_complete: set[str] = set()  # all its audio arrived (output_audio.done)
-        self._agent_text: dict[str, list[str]] = {}
-        self._interrupted: dict[str, int] = {}
-        self._written: set[str] = set()
-        self._speech_offsets: dict[str, int] = {}
-
     # -- called by the consumer ----------------------------------------------------------
 
     async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._started_at = self._last_activity = self._loop.time()
-        self._db_task = self._loop.create_task(self._db_writer(), name=f"agent-db-{self.call_sid}")
+        self._started_at = self._last_activity = asyncio.get_running_loop().time()
+        self.recorder.start()
         try:
             self.config = await database_sync_to_async(agent_config_load)(self.agent_id)
         except Exception:
@@ -203,21 +115,21 @@ class AgentSession:
         if self.config is not None:
             self._spawn(self._watchdog(), "watchdog")
 
-    def caller_audio(self, payload_b64: str, timestamp_ms: int) -> None:
+    def caller_audio(self, payload_b64: str) -> None:
         backend = self.backend
         if backend is not None:
             backend.send_audio(payload_b64)
 
     async def dtmf(self, digit: str) -> None:
         config, backend = self.config, self.backend
-        if config is None or backend is None or self._ending or self._failing:
+        if config is None or backend is None or self.phase is not Phase.ACTIVE:
             return
         self._touch()
         target = config.default_target
         if digit == config.transfer_digit and target is not None:
-            self._cut_off("dtmf_transfer_cut_off", Actor.CALLER)
+            self.cut_off("dtmf_transfer_cut_off", Actor.CALLER)
             backend.keypad(digit, transferring=True)
-            self._spawn(self._dtmf_transfer(digit, target), "dtmf-transfer", tool=True)
+            self.spawn_action(self.endings.key_transfer(digit, target), "dtmf-transfer")
             return
         backend.keypad(digit, transferring=False)
         if self._dtmf_timer is not None:
@@ -227,7 +139,7 @@ class AgentSession:
         )
 
     async def say(self, text: str) -> None:
-        if self.backend is None or self._ending or self._failing:
+        if self.backend is None or self.phase is not Phase.ACTIVE:
             logger.warning("Call %s: cannot say %r now: no model connected", self.call_sid, text)
             return
         if self._active_response is None and not self._awaiting_response:
@@ -238,32 +150,24 @@ class AgentSession:
 
     async def interrupt(self) -> None:
         """Staff cleared the call's audio: cut the agent off as a barge-in would."""
-        if not self._cut_off("agent_cut_off", Actor.STAFF):
+        if not self.cut_off("agent_cut_off", Actor.STAFF):
             self.port.clear()  # nothing audible by our estimate; clear Twilio's buffer anyway
 
     async def stop(self, reason: str = "") -> None:
-        if self._stopped:
+        if self.phase is Phase.STOPPED:
             return
-        self._stopped = True
+        self.phase = Phase.STOPPED
         logger.info("Call %s: agent session stopping (%s)", self.call_sid, reason or "no reason")
         if self._dtmf_timer is not None:
             self._dtmf_timer.cancel()
-        current = asyncio.current_task()
-        for task in list(self._tasks):
-            if task is not current:
-                task.cancel()
+        self._tasks.cancel()
+        self._actions.cancel()
         for backend in (self.backend, self._connecting):
             if backend is not None:
                 await backend.close()
         self._flush_transcripts()
-        if self._control_tasks:
-            await asyncio.wait(set(self._control_tasks), timeout=STOP_TIMEOUT_S)
-        if self._db_task is not None:
-            self._db_queue.put_nowait(None)
-            try:
-                await asyncio.wait_for(asyncio.shield(self._db_task), STOP_TIMEOUT_S)
-            except TimeoutError:
-                logger.error("Call %s: transcript writes still pending at stop", self.call_sid)
+        await self._controls.wait(STOP_TIMEOUT_S)
+        await self.recorder.close()
 
     # -- the model's events ----------------------------------------------------------------
 
@@ -272,17 +176,17 @@ class AgentSession:
             await self._converse()
         except Exception as error:
             logger.exception("Call %s: agent session crashed", self.call_sid)
-            self._fail("crash", repr(error))
+            self.endings.fail("crash", repr(error))
 
     async def _converse(self) -> None:
         if self.config is None:
-            self._fail("no_agent", f"agent {self.agent_id} not found")
+            self.endings.fail("no_agent", f"agent {self.agent_id} not found")
             return
         try:
             backend = self._connecting = backend_for(self.config, call_sid=self.call_sid)
             await backend.connect()
         except BackendUnavailable as error:
-            self._fail("connect", str(error))
+            self.endings.fail("connect", str(error))
             return
         finally:
             self._connecting = None
@@ -301,7 +205,7 @@ class AgentSession:
             except Exception:
                 logger.exception("Call %s: error handling %r", self.call_sid, event)
             await port.flush()
-            if self._failing:
+            if self.phase is Phase.FAILING:
                 return
 
     def _handle(self, event: BackendEvent) -> None:
@@ -313,29 +217,35 @@ class AgentSession:
             handler(self, event)
 
     def _on_audio(self, event: AudioDelta) -> None:
-        if self._ending or event.response_id in self._dropped_responses:
+        if self.phase is not Phase.ACTIVE or event.response_id in self._dropped_responses:
             return
-        item_id = event.item_id
-        sent = self._item_bytes.get(item_id)
-        if sent is None:
-            sent = 0
-            self._item_offsets[item_id] = self.port.now_ms
-            self._item_response[item_id] = event.response_id
-        self._item_bytes[item_id] = sent + event.nbytes
-        self.port.send_audio(item_id, event.payload_b64, event.nbytes)
+        item = self._items.get(event.item_id)
+        if item is None:
+            item = self._items[event.item_id] = ModelItem(event.item_id)
+        if item.offset_ms is None:
+            item.offset_ms = self.port.now_ms
+            item.response_id = event.response_id
+        self.port.send_audio(event.item_id, event.payload_b64, event.nbytes)
         if self._speaker != "agent" and not self._caller_speaking:
             self._set_speaker("agent")
         self._segment_bytes += event.nbytes
         if self._segment_bytes >= SEGMENT_MAX_BYTES:
-            self._end_segment()
+            self.end_segment()
 
-    def _end_segment(self) -> None:
+    def end_segment(self) -> None:
+        """Close the audio sent so far with a mark."""
         self._segment_bytes = 0
         self.port.end_segment()
 
+    def _item(self, item_id: str) -> ModelItem:
+        item = self._items.get(item_id)
+        if item is None:
+            item = self._items[item_id] = ModelItem(item_id)
+        return item
+
     def _on_audio_done(self, event: AudioDone) -> None:
-        self._item_complete.add(event.item_id)
-        self._end_segment()
+        self._item(event.item_id).audio_done = True
+        self.end_segment()
 
     def _on_response_created(self, event: ResponseCreated) -> None:
         self._active_response = event.response_id
@@ -346,41 +256,37 @@ class AgentSession:
             self._active_response = None
         # Whatever we asked for has started by now, or was refused because this one was on.
         self._awaiting_response = False
-        self._end_segment()
+        self.end_segment()
         if event.status == "failed":
             logger.warning("Call %s: model response %s failed", self.call_sid, event.response_id)
-        if self._pending_says and self.backend is not None and not self._ending:
+        if self._pending_says and self.backend is not None and self.phase is Phase.ACTIVE:
             self._awaiting_response = True
             self.backend.say(self._pending_says.pop(0))
         elif self._respond_when_done:
-            self._respond()
+            self.respond()
 
     def _on_transcript_delta(self, event: AgentTranscriptDelta) -> None:
-        self._agent_text.setdefault(event.item_id, []).append(event.text)
+        self._item(event.item_id).text.append(event.text)
 
     def _on_agent_transcript(self, event: AgentTranscript) -> None:
-        self._agent_text.pop(event.item_id, None)
-        self._agent_line(event.item_id, event.text)
+        item = self._item(event.item_id)
+        item.text.clear()
+        self._agent_line(item, event.text)
 
     def _on_caller_transcript(self, event: CallerTranscript) -> None:
         self._touch()
-        offset_ms = self._speech_offsets.pop(event.item_id, self.port.now_ms)
+        offset_ms = self._caller_offsets.pop(event.item_id, self.port.now_ms)
         if event.text.strip():
-            self._db(
-                services.transcript_add,
-                call_id=self.call_id,
-                speaker=Speaker.CALLER,
-                text=event.text.strip(),
-                offset_ms=offset_ms,
-                item_id=event.item_id,
+            self.recorder.caller_line(
+                item_id=event.item_id, text=event.text.strip(), offset_ms=offset_ms
             )
 
     def _on_speech_started(self, event: SpeechStarted) -> None:
         # Clear first: everything else can wait a millisecond, the caller's ears cannot.
-        self._cut_off("barge_in", Actor.CALLER, received_at=event.received_at)
+        self.cut_off("barge_in", Actor.CALLER, received_at=event.received_at)
         self._caller_speaking = True
         self._set_speaker("caller")
-        self._speech_offsets[event.item_id] = self.port.now_ms
+        self._caller_offsets[event.item_id] = self.port.now_ms
         self._touch()
 
     def _on_speech_stopped(self, event: SpeechStopped) -> None:
@@ -390,21 +296,21 @@ class AgentSession:
 
     def _on_tool_call(self, event: ToolCall) -> None:
         if event.name == END_CALL:
-            self._spawn(self._end_call(event), "end-call", tool=True)
+            self.spawn_action(self.endings.goodbye(event), "end-call")
         elif event.name == TRANSFER_TO_HUMAN:
-            self._spawn(self._transfer_tool(event), "transfer", tool=True)
+            self.spawn_action(self.endings.transfer_tool(event), "transfer")
         else:
             logger.warning("Call %s: model called unknown tool %r", self.call_sid, event.name)
-            self._tool_result(event.call_id, f"There is no function called {event.name}.")
+            self.tool_result(event.call_id, f"There is no function called {event.name}.")
 
     def _on_error(self, event: BackendError) -> None:
         if event.fatal:
-            self._fail("error", f"{event.code}: {event.message}")
+            self.endings.fail("error", f"{event.code}: {event.message}")
         else:
             logger.warning("Call %s: model error %s: %s", self.call_sid, event.code, event.message)
 
     def _on_closed(self, event: BackendClosed) -> None:
-        self._fail("dropped", event.reason)
+        self.endings.fail("dropped", event.reason)
 
     _handlers: dict[type, Callable[[AgentSession, Any], None]] = {
         AudioDone: _on_audio_done,
@@ -422,14 +328,14 @@ class AgentSession:
 
     # -- barge-in ----------------------------------------------------------------------------
 
-    def _cut_off(self, kind: str, actor: str, *, received_at: float | None = None) -> bool:
+    def cut_off(self, kind: str, actor: str, *, received_at: float | None = None) -> bool:
         """If the agent is audible, cut it off now and make the model forget what went unheard."""
-        if not self.port.tracker.is_audible(self.port.now_ms):
+        if not self.port.is_audible():
             return False
         cut = self.port.clear()
         clear_ms = (time.perf_counter() - received_at) * 1000 if received_at else None
         truncated = self._truncate(cut)
-        self._event(
+        self.recorder.event(
             kind,
             actor,
             {
@@ -443,23 +349,17 @@ class AgentSession:
         """Truncate each model item a clear cut short; return {item_id: audio_end_ms}."""
         truncated = {}
         for item_id, heard_ms in cut.items():
-            received = self._item_bytes.get(item_id)
-            if received is None:
+            item = self._items.get(item_id)
+            if item is None or not item.has_audio:
                 continue  # a clip we played, not the model's audio
             # The model refuses a truncate past the audio it sent for the item.
-            end_ms = min(heard_ms, received // BYTES_PER_MS, self.port.tracker.sent_ms(item_id))
-            truncated[item_id] = end_ms
-            self._interrupted[item_id] = end_ms
+            end_ms = min(heard_ms, self.port.sent_ms(item_id))
+            truncated[item_id] = item.heard_ms = end_ms
             if self.backend is not None:
                 self.backend.truncate(item_id, end_ms)
-            self._dropped_responses.add(self._item_response[item_id])
-            if item_id in self._written:
-                self._db(
-                    services.transcript_interrupt,
-                    call_id=self.call_id,
-                    item_id=item_id,
-                    heard_ms=end_ms,
-                )
+            self._dropped_responses.add(item.response_id)
+            if item.written:
+                self.recorder.agent_line_cut(item_id=item_id, heard_ms=end_ms)
         self._segment_bytes = 0
         if self._active_response is not None and self.backend is not None:
             # Server VAD may have cancelled it already; that race is benign. Naming it keeps
@@ -468,95 +368,16 @@ class AgentSession:
             self.backend.cancel_response(self._active_response)
         return truncated
 
-    # -- tools -------------------------------------------------------------------------------
+    # -- turns -------------------------------------------------------------------------------
 
-    async def _end_call(self, event: ToolCall) -> None:
-        if self._ending:
-            return
-        interrupted = not await self._played_out()
-        if interrupted:
-            logger.info("Call %s: goodbye interrupted; staying on the call", self.call_sid)
-            self._event("goodbye_interrupted", Actor.CALLER, {"reason": event.arguments})
-            self._tool_result(
-                event.call_id,
-                "The caller interrupted your goodbye, so the call is still connected. "
-                "Listen to what they say and carry on.",
-            )
-            return
-        reason = str(event.arguments.get("reason", ""))[:200]
-        logger.info("Call %s: agent ends the call (%s)", self.call_sid, reason)
-        await self._hang_up(EndReason.AGENT_ENDED, Actor.AGENT)
-
-    async def _transfer_tool(self, event: ToolCall) -> None:
-        config = self.config
-        assert config is not None
-        target = event.arguments.get("target")
-        if target not in config.target_names:
-            self._tool_result(
-                event.call_id,
-                f"There is nobody called {target!r}. Choose one of: "
-                + ", ".join(config.target_names),
-            )
-            return
-        # The caller asked for a person: transfer even if they talk over "connecting you".
-        await self._played_out()
-        error = await self._transfer(target, Actor.AGENT, str(event.arguments.get("reason", "")))
-        if error:
-            self._tool_result(
-                event.call_id,
-                f"The transfer failed ({error}). The caller is still with you: tell them you "
-                "could not connect them, and offer to help or to try again later.",
-            )
-
-    async def _dtmf_transfer(self, digit: str, target: TargetConfig) -> None:
-        error = await self._transfer(target.name, Actor.CALLER, f"caller pressed {digit}")
-        if error and self.backend is not None:
-            self.backend.add_context(
-                f"Transferring the caller failed ({error}). Tell them, and offer to help."
-            )
-            self._respond()
-
-    async def _played_out(self) -> bool:
-        """Wait for what was sent to play; False only if a clear cut it short."""
-        self._end_segment()
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        if await self.port.wait_played(PLAYOUT_WAIT_S):
-            return True
-        if loop.time() - started >= PLAYOUT_WAIT_S - 0.05:
-            # Twilio never confirmed: act anyway, a call that never ends is worse.
-            logger.warning("Call %s: no mark echo after %ss", self.call_sid, PLAYOUT_WAIT_S)
-            return True
-        return False
-
-    async def _transfer(self, target_name: str, actor: str, reason: str) -> str:
-        """Hand the caller to `target_name`; return an error in words, or "" on success."""
-        self._ending = self._handing_off = True
-        try:
-            await self._control(
-                services.call_transfer(
-                    call_id=self.call_id, actor=actor, target_name=target_name, reason=reason
-                )
-            )
-        except services.CallControlError as error:
-            logger.warning("Call %s: transfer to %s failed: %s", self.call_sid, target_name, error)
-            self._ending = self._handing_off = False
-            return str(error)
-        logger.info("Call %s: transferred to %s", self.call_sid, target_name)
-        return ""
-
-    def _tool_result(self, call_id: str, output: str) -> None:
+    def tool_result(self, call_id: str, output: str) -> None:
         if self.backend is not None:
             self.backend.send_tool_result(call_id, output)
-            self._respond()
+            self.respond()
 
-    def _keys_typed(self) -> None:
-        self._dtmf_timer = None
-        self._respond()
-
-    def _respond(self) -> None:
+    def respond(self) -> None:
         """Have the model speak next, unless the caller is talking (VAD then answers)."""
-        if self.backend is None or self._ending or self._caller_speaking:
+        if self.backend is None or self.phase is not Phase.ACTIVE or self._caller_speaking:
             return
         if self._active_response is not None or self._awaiting_response:
             self._respond_when_done = True
@@ -565,142 +386,80 @@ class AgentSession:
         self._awaiting_response = True
         self.backend.create_response()
 
-    # -- ending the call ---------------------------------------------------------------------
+    def _keys_typed(self) -> None:
+        self._dtmf_timer = None
+        self.respond()
 
-    async def _hang_up(self, reason: str, actor: str) -> None:
-        self._ending = True
-        try:
-            await self._control(
-                services.call_hangup(call_id=self.call_id, actor=actor, reason=reason)
-            )
-        except services.CallControlError as error:
-            # Closing the stream still ends the call: Twilio runs <Connect action>.
-            logger.error("Call %s: hang-up failed: %s", self.call_sid, error)
-        try:
-            await self.port.close_stream()
-        except Exception as error:  # call.close may have closed it first; it is closed either way
-            logger.debug("Call %s: closing the stream: %r", self.call_sid, error)
-
-    async def _play_clip(self, name: str) -> bool:
-        ulaw = assets.clip(name)
-        await self.port.play_ulaw(ulaw, name)
-        return await self.port.wait_played(len(ulaw) / (BYTES_PER_MS * 1000) + CLIP_WAIT_MARGIN_S)
-
-    def _fail(self, failure: str, detail: str) -> None:
-        """The model is gone: stop listening to it now, and recover in a task."""
-        if self._failing or self._stopped or self._ending:
-            return
-        self._failing = True
-        self._spawn(self._recover(failure, detail), "recover", tool=True)
-
-    async def _recover(self, failure: str, detail: str) -> None:
-        """Apologise, then hand the caller to a person, or hang up if there is nobody."""
-        logger.error("Call %s: model failed (%s): %s", self.call_sid, failure, detail)
-        self._event("agent_error", Actor.SYSTEM, {"failure": failure, "detail": detail[:500]})
+    async def drop_backend(self) -> None:
+        """Stop hearing the model: close its connection."""
         backend, self.backend = self.backend, None
         if backend is not None:
             await backend.close()
-        self._ending = True
-        await self._play_clip(APOLOGY_CLIP)
-        target = self.config.default_target if self.config is not None else None
-        if target is not None:
-            reason = f"model failure: {failure}"
-            try:
-                await self._control(
-                    services.call_transfer(
-                        call_id=self.call_id,
-                        actor=Actor.SYSTEM,
-                        target_name=target.name,
-                        reason=reason,
-                    )
-                )
-                return
-            except services.CallControlError as error:
-                logger.error("Call %s: fallback transfer failed: %s", self.call_sid, error)
-        await self._hang_up(EndReason.FAILED, Actor.SYSTEM)
+
+    # -- limits ------------------------------------------------------------------------------
 
     async def _watchdog(self) -> None:
         config = self.config
-        assert config is not None and self._loop is not None
+        assert config is not None
+        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(WATCHDOG_INTERVAL_S)
-            now = self._loop.time()
-            if self._ending or self._failing:
+            now = loop.time()
+            if self.phase is not Phase.ACTIVE:
                 # Hanging up, transferring or recovering; a failed transfer resumes the call.
                 self._last_activity = now
                 continue
             if now - self._started_at >= config.max_call_seconds:
-                await self._end_for_limit("max_call_seconds", config.max_call_seconds)
+                await self.endings.limit_reached("max_call_seconds", config.max_call_seconds)
                 return
-            if self._speaker == "agent" and not self.port.tracker.is_audible(self.port.now_ms):
+            if self._speaker == "agent" and not self.port.is_audible():
                 self._set_speaker("")  # the agent's audio has played out, or was cleared
             if self._busy():
                 self._last_activity = now
             elif now - self._last_activity >= config.idle_timeout_seconds:
-                await self._end_for_limit("idle_timeout_seconds", config.idle_timeout_seconds)
+                await self.endings.limit_reached(
+                    "idle_timeout_seconds", config.idle_timeout_seconds
+                )
                 return
 
     def _busy(self) -> bool:
         return (
             self._caller_speaking
             or self._active_response is not None
-            or bool(self._tool_tasks)
-            or self.port.tracker.is_audible(self.port.now_ms)
+            or bool(self._actions)
+            or self.port.is_audible()
         )
-
-    async def _end_for_limit(self, limit: str, seconds: int) -> None:
-        if self._ending or self._failing:
-            return
-        logger.info("Call %s: %s (%ss) reached; ending the call", self.call_sid, limit, seconds)
-        self._event("limit_reached", Actor.SYSTEM, {"limit": limit, "seconds": seconds})
-        self._cut_off("limit_cut_off", Actor.SYSTEM)
-        self._ending = True
-        backend, self.backend = self.backend, None
-        if backend is not None:
-            await backend.close()
-        await self._play_clip(GOODBYE_CLIP)
-        await self._hang_up(EndReason.TIMEOUT, Actor.SYSTEM)
 
     # -- transcripts -------------------------------------------------------------------------
 
-    def _agent_line(self, item_id: str, text: str, *, heard_ms: int | None = None) -> None:
+    def _agent_line(self, item: ModelItem, text: str) -> None:
         text = text.strip()
-        if not text or item_id in self._written:
+        if not text or item.written:
             return
-        self._written.add(item_id)
-        if heard_ms is None:
-            heard_ms = self._interrupted.get(item_id)
-        self._db(
-            services.transcript_add,
-            call_id=self.call_id,
-            speaker=Speaker.AGENT,
+        item.written = True
+        self.recorder.agent_line(
+            item_id=item.id,
             text=text,
-            offset_ms=self._item_offsets.get(item_id, self.port.now_ms),
-            item_id=item_id,
-            interrupted=heard_ms is not None,
-            heard_ms=heard_ms,
+            offset_ms=item.offset_ms if item.offset_ms is not None else self.port.now_ms,
+            heard_ms=item.heard_ms,
         )
 
     def _flush_transcripts(self) -> None:
         """At stop: write what was said so far, and mark lines the hang-up cut off."""
-        tracker, now_ms = self.port.tracker, self.port.now_ms
-        for item_id, sent in self._item_bytes.items():
-            if item_id in self._interrupted:
+        port = self.port
+        for item in self._items.values():
+            if not item.has_audio or item.heard_ms is not None:
                 continue
-            heard_ms = tracker.heard_ms(item_id, now_ms)
-            unheard = heard_ms + CUT_OFF_MARGIN_MS < sent // BYTES_PER_MS
-            if unheard or item_id not in self._item_complete:
-                self._interrupted[item_id] = heard_ms
-                if item_id in self._written:
-                    self._db(
-                        services.transcript_interrupt,
-                        call_id=self.call_id,
-                        item_id=item_id,
-                        heard_ms=heard_ms,
-                    )
-        for item_id, pieces in list(self._agent_text.items()):
-            self._agent_line(item_id, "".join(pieces))
-        self._agent_text.clear()
+            heard_ms = port.heard_ms(item.id)
+            unheard = heard_ms + CUT_OFF_MARGIN_MS < port.sent_ms(item.id)
+            if unheard or not item.audio_done:
+                item.heard_ms = heard_ms
+                if item.written:
+                    self.recorder.agent_line_cut(item_id=item.id, heard_ms=heard_ms)
+        for item in self._items.values():
+            if item.text:
+                self._agent_line(item, "".join(item.text))
+                item.text.clear()
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -712,58 +471,16 @@ class AgentSession:
             self._spawn(broadcast, "speaking")
 
     def _touch(self) -> None:
-        if self._loop is not None:
-            self._last_activity = self._loop.time()
+        self._last_activity = asyncio.get_running_loop().time()
 
-    def _event(self, kind: str, actor: str, data: dict[str, Any]) -> None:
-        self._db(_event_record, call_id=self.call_id, kind=kind, actor=actor, data=data)
-
-    def _db(self, function: Callable[..., Any], **kwargs: Any) -> None:
-        self._db_queue.put_nowait((function, kwargs))
-
-    async def _db_writer(self) -> None:
-        write = database_sync_to_async(_write_batch)
-        while True:
-            batch = [await self._db_queue.get()]
-            while not self._db_queue.empty():
-                batch.append(self._db_queue.get_nowait())
-            done = None in batch
-            writes = [entry for entry in batch if entry is not None]
-            if writes:
-                await write(self.call_sid, writes)
-            if done:
-                return
-
-    async def _control(self, coro: Coroutine[Any, Any, Any]) -> Any:
+    async def control(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
         """Run a call-control service so that cancelling the caller does not cancel it."""
-        task = asyncio.ensure_future(coro)
-        self._control_tasks.add(task)
-        task.add_done_callback(self._control_done)
+        task = self._controls.spawn(coroutine, f"agent-control-{self.call_sid}")
         return await asyncio.shield(task)
 
-    def _control_done(self, task: asyncio.Future[Any]) -> None:
-        self._control_tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            logger.debug("Call %s: control task ended with %r", self.call_sid, task.exception())
+    def spawn_action(self, coroutine: Coroutine[Any, Any, Any], what: str) -> asyncio.Task[Any]:
+        """A tool or an ending: cancelled at stop, and the call is not idle while it runs."""
+        return self._actions.spawn(coroutine, f"agent-{what}-{self.call_sid}")
 
-    def _spawn(
-        self, coro: Coroutine[Any, Any, Any], what: str, *, tool: bool = False
-    ) -> asyncio.Task[Any]:
-        """A background task, cancelled at stop; `tool` ones keep the call from going idle."""
-        task = asyncio.get_running_loop().create_task(
-            self._guard(coro, what), name=f"agent-{what}-{self.call_sid}"
-        )
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        if tool:
-            self._tool_tasks.add(task)
-            task.add_done_callback(self._tool_tasks.discard)
-        return task
-
-    async def _guard(self, coro: Coroutine[Any, Any, Any], what: str) -> None:
-        try:
-            await coro
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            logger.exception("Call %s: agent %s task failed", self.call_sid, what)
+    def _spawn(self, coroutine: Coroutine[Any, Any, Any], what: str) -> asyncio.Task[Any]:
+        return self._tasks.spawn(coroutine, f"agent-{what}-{self.call_sid}")

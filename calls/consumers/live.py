@@ -1,0 +1,46 @@
+"""The staff dashboard's live feed: a snapshot of the live calls, then small deltas."""
+
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+
+from calls import feed
+from calls.models import LIVE_CALLS_GROUP
+
+# WebSocket close code for a policy violation: a socket we will not serve.
+CLOSE_POLICY_VIOLATION = 1008
+
+
+class LiveCallsConsumer(AsyncJsonWebsocketConsumer):
+    """The staff dashboard's feed: small deltas about live calls, for staff who may view calls."""
+
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        if not await database_sync_to_async(_may_watch)(user):
+            await self.close(code=CLOSE_POLICY_VIOLATION)
+            return
+        await self.channel_layer.group_add(LIVE_CALLS_GROUP, self.channel_name)
+        await self.accept()
+        await self.send_json(await database_sync_to_async(feed.snapshot)())
+
+    async def disconnect(self, code: int) -> None:
+        await self.channel_layer.group_discard(LIVE_CALLS_GROUP, self.channel_name)
+
+    async def receive_json(self, content: Any, **kwargs: Any) -> None:
+        # The page asks for a fresh snapshot after reconnecting; nothing else is accepted.
+        if isinstance(content, dict) and content.get("action") == "resync":
+            await self.send_json(await database_sync_to_async(feed.snapshot)())
+
+    async def live_event(self, message: dict) -> None:
+        await self.send_json({key: value for key, value in message.items() if key != "type"})
+
+
+def _may_watch(user: Any) -> bool:
+    return bool(
+        user is not None
+        and user.is_authenticated
+        and user.is_active
+        and user.is_staff
+        and user.has_perm("calls.view_call")
+    )

@@ -1,0 +1,326 @@
+"""Twilio's bidirectional media stream, bridged to the call's AgentSession."""
+
+import asyncio
+import base64
+import logging
+from collections.abc import Awaitable
+from typing import Any
+
+from channels.db import database_sync_to_async
+
+from callmedia import protocol
+from callmedia.audio import FRAME_BYTES
+from callmedia.outbox import Outbox
+from callmedia.playback import PlaybackTracker
+from callmedia.tasks import TaskSet
+from calls import security, services
+from calls.consumers.base import Pending, StreamingConsumer
+from calls.models import call_group_name
+from calls.session import AgentSession
+
+logger = logging.getLogger(__name__)
+
+# WebSocket close code for a policy violation: a stream we will not serve.
+CLOSE_POLICY_VIOLATION = 1008
+
+_open_stream = database_sync_to_async(services.stream_open)
+_close_stream = database_sync_to_async(services.stream_close)
+_record_bad_message = database_sync_to_async(services.stream_bad_message_record)
+
+
+class MediaStreamConsumer(StreamingConsumer):
+    """One Twilio media stream: it reads Twilio's messages and is the session's "port".
+
+    The port (calls.session.port.StreamPort) is how the session plays audio and learns what
+    the caller heard: the consumer owns the stream clock (`now_ms`, Twilio's latest media
+    timestamp) and the PlaybackTracker that turns mark echoes into heard milliseconds. Every
+    outbound message is built by `callmedia.protocol` and queued in an outbox, so callers on
+    the hot path never await and a `clear` can drop audio that has not left yet.
+
+    A call's stream ends in one place, `end_stream`, whoever ends it: Twilio's `stop`, the
+    socket closing, a hang-up from any process (`call.close`), or the session itself.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.call_id = ""
+        self.call_sid = ""
+        self.stream_sid: str | None = None
+        self.group = ""
+        self.session: AgentSession | None = None
+        self.now_ms = 0
+        self.counters = dict.fromkeys(services.STREAM_COUNTERS, 0)
+        # Twilio ends the stream once a transfer's <Dial> is in: that `stop` is the transfer,
+        # not the caller hanging up. Set and cleared by calls.services.call_transfer.
+        self.transferring = False
+        self._tracker = PlaybackTracker()
+        self._outbox: Outbox[str] = Outbox(self._send_text, name="stream-writer")
+        # Audio produced before Twilio's `start` named the stream; sent once it does.
+        self._before_start: list[tuple[str, str, int] | None] = []
+        self._waiters: list[asyncio.Future[bool]] = []
+        self._tasks = TaskSet("Call ?")
+        self._bad_reasons: set[str] = set()
+        self._ended = False
+        self._socket_closed = False
+
+    @property
+    def label(self) -> str:
+        return f"Call {self.call_sid or '?'}"
+
+    # --- the socket's life ------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        signature = dict(self.scope["headers"]).get(b"x-twilio-signature")
+        # Twilio's docs say the upgrade is signed over wss://host/path with no params; when
+        # a signature is present it must be right. The stream token is checked either way.
+        if signature is not None and not security.signature_is_valid(
+            security.stream_url(), {}, signature.decode("latin-1")
+        ):
+            logger.warning("Refused a media stream upgrade with a wrong signature")
+            await self.close()
+            return
+        await self.accept()
+        self._outbox.start()
+
+    async def disconnect(self, code: int) -> None:
+        self._socket_closed = True
+        try:
+            await self.end_stream("socket closed")
+        finally:
+            if self.group:
+                await self.channel_layer.group_discard(self.group, self.channel_name)
+            await self._outbox.stop()
+            await self._tasks.close()
+
+    async def end_stream(self, reason: str = "closed by us", *, code: int = 1000) -> None:
+        """End the call's stream, once: stop the session, record the stream, close the socket."""
+        if not self._ended:
+            self._ended = True
+            self._resolve_waiters(False)
+            if self.session is not None:
+                try:
+                    await self.session.stop(reason)
+                except Exception:
+                    logger.exception("Call %s: agent session failed to stop cleanly", self.call_sid)
+            if self.stream_sid and self.call_id:
+                await _close_stream(
+                    stream_sid=self.stream_sid,
+                    counters=dict(self.counters),
+                    caller_left=reason == "stop",
+                )
+                logger.info("Call %s: stream %s ended (%s)", self.call_sid, self.stream_sid, reason)
+        if self._socket_closed:
+            return  # the caller hung up, or an earlier end_stream closed it
+        self._socket_closed = True
+        try:
+            await self.close(code=code)
+        except Exception:
+            # The server may find the peer already gone; there is nothing left to close.
+            logger.debug("Call %s: socket already gone when closing", self.call_sid)
+
+    # --- messages from Twilio ---------------------------------------------------------------
+
+    def frame_received(self, data: str | bytes) -> Pending:
+        """Handle one message from Twilio at once; return what must still be awaited.
+
+        Only `start` and `stop` wait (on the database and the session); media, marks, keys
+        and bad messages are handled before this returns.
+        """
+        try:
+            event = protocol.parse(data)
+        except protocol.ProtocolError as error:
+            self._bad_message(error.reason, str(error))
+            return None
+        if type(event) is protocol.Media:
+            if event.stream_sid != self.stream_sid:
+                self._bad_message("wrong_stream", f"media for stream {event.stream_sid!r}")
+                return None
+            counters = self.counters
+            counters["frames_in"] += 1
+            counters["bytes_in"] += FRAME_BYTES
+            self.now_ms = event.timestamp_ms
+            if self.session is not None:
+                self.session.caller_audio(event.payload)
+            return None
+        if type(event) is protocol.Start:
+            return self._start(event)
+        if type(event) is protocol.Connected:
+            return None
+        if event.stream_sid != self.stream_sid:
+            self._bad_message("wrong_stream", f"{type(event).__name__} for {event.stream_sid!r}")
+        elif type(event) is protocol.Mark:
+            self._mark_echoed(event.name)
+        elif type(event) is protocol.Dtmf:
+            self.counters["dtmf_digits"] += 1
+            if self.session is not None:
+                self._tasks.spawn(self.session.dtmf(event.digit), "stream-dtmf")
+        elif type(event) is protocol.Stop:
+            return self.end_stream("transferred" if self.transferring else "stop")
+        return None
+
+    async def _start(self, event: protocol.Start) -> None:
+        if self.stream_sid is not None:
+            self._bad_message("duplicate_start", f"second start for {event.stream_sid}")
+            return
+        try:
+            opened = await _open_stream(
+                call_sid=event.call_sid,
+                stream_sid=event.stream_sid,
+                token=event.custom_parameters.get(security.STREAM_TOKEN_PARAMETER),
+                custom_parameters=event.custom_parameters,
+                media_format=event.media_format,
+                tracks=list(event.tracks),
+            )
+        except security.StreamTokenError:
+            await self.end_stream("refused", code=CLOSE_POLICY_VIOLATION)
+            return
+        self.call_id, self.call_sid = opened.call_id, opened.call_sid
+        self.stream_sid = event.stream_sid
+        self._tasks.owner = self.label
+        self.group = call_group_name(opened.call_id)
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        self._flush_before_start()
+        logger.info("Call %s: stream %s started", self.call_sid, self.stream_sid)
+        self.session = AgentSession(
+            self, call_id=opened.call_id, call_sid=opened.call_sid, agent_id=opened.agent_id
+        )
+        await self.session.start()
+
+    def _mark_echoed(self, name: str) -> None:
+        self.counters["marks_received"] += 1
+        self._tracker.mark_received(name, self.now_ms)
+        if self._tracker.all_played:
+            self._resolve_waiters(True)
+
+    def _bad_message(self, reason: str, detail: str) -> None:
+        self.counters["bad_messages"] += 1
+        # Like Twilio's own 31951, log a kind of problem once per stream, then count it.
+        if reason in self._bad_reasons:
+            logger.debug("Call %s: bad stream message (%s): %s", self.call_sid, reason, detail)
+            return
+        self._bad_reasons.add(reason)
+        logger.warning("Call %s: bad stream message (%s): %s", self.call_sid or "?", reason, detail)
+        if self.call_id:
+            record = _record_bad_message(
+                call_id=self.call_id,
+                stream_sid=self.stream_sid or "",
+                reason=reason,
+                detail=detail,
+            )
+            self._tasks.spawn(record, "stream-bad-message")
+
+    # --- the port: what the agent session plays and learns through ----------------------
+
+    def send_audio(self, item_id: str, payload_b64: str, nbytes: int) -> None:
+        if self.stream_sid is None:
+            self._before_start.append((item_id, payload_b64, nbytes))
+            return
+        self._tracker.audio_sent(item_id, nbytes, self.now_ms)
+        counters = self.counters
+        counters["frames_out"] += 1
+        counters["bytes_out"] += nbytes
+        self._outbox.post(protocol.media_message(self.stream_sid, payload_b64))
+
+    def end_segment(self) -> None:
+        if self.stream_sid is None:
+            self._before_start.append(None)
+            return
+        name = self._tracker.close_segment()
+        if name is not None:
+            self.counters["marks_sent"] += 1
+            self._outbox.post(protocol.mark_message(self.stream_sid, name))
+
+    def clear(self) -> dict[str, int]:
+        """Barge-in: Twilio drops what it has buffered; returns ms heard per item cut off."""
+        self._before_start.clear()
+        if self.stream_sid is None:
+            return {}
+        # Audio still in our outbox never reached Twilio: drop it too.
+        self._outbox.clear()
+        self._outbox.post(protocol.clear_message(self.stream_sid))
+        self.counters["clears"] += 1
+        heard = self._tracker.cleared(self.now_ms)
+        self._resolve_waiters(False)
+        return heard
+
+    def is_audible(self) -> bool:
+        return self._tracker.is_audible(self.now_ms)
+
+    def heard_ms(self, item_id: str) -> int:
+        return self._tracker.heard_ms(item_id, self.now_ms)
+
+    def sent_ms(self, item_id: str) -> int:
+        return self._tracker.sent_ms(item_id)
+
+    async def wait_played(self, timeout_s: float) -> bool:
+        """True once all audio sent so far has played; False on timeout or if cleared."""
+        if self._tracker.all_played:
+            return True
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            return await asyncio.wait_for(waiter, timeout_s)
+        except TimeoutError:
+            return False
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+    async def play_ulaw(self, ulaw: bytes, item_id: str) -> None:
+        """Send a whole clip (headerless 8 kHz mu-law) as 20 ms frames closed by one mark."""
+        self.end_segment()
+        for start in range(0, len(ulaw), FRAME_BYTES):
+            frame = ulaw[start : start + FRAME_BYTES]
+            self.send_audio(item_id, base64.b64encode(frame).decode("ascii"), len(frame))
+        self.end_segment()
+
+    def hold(self) -> None:
+        """Keep what is posted from now in the outbox until `flush`: no writer wake-up."""
+        self._outbox.hold()
+
+    def flush(self) -> Awaitable[None]:
+        """Write the outbox in the caller's task (the session's, after each model event)."""
+        return self._outbox.flush()  # the Outbox's own coroutine: none more per model event
+
+    def _flush_before_start(self) -> None:
+        pending, self._before_start = self._before_start, []
+        for entry in pending:
+            if entry is None:
+                self.end_segment()
+            else:
+                self.send_audio(*entry)
+
+    def _send_text(self, text: str) -> Awaitable[None]:
+        # Returns the server's own awaitable: no coroutine of ours per outbound frame.
+        return self.base_send({"type": "websocket.send", "text": text})
+
+    def _resolve_waiters(self, played: bool) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(played)
+
+    # --- control messages from any process (channel layer, group call.<uuid>) -----------
+
+    async def call_clear(self, message: dict) -> None:
+        if self.session is not None:
+            await self.session.interrupt()
+        else:
+            self.clear()
+
+    async def call_close(self, message: dict) -> None:
+        await self.end_stream()
+
+    async def call_play(self, message: dict) -> None:
+        ulaw = base64.b64decode(message["payload"])
+        await self.play_ulaw(ulaw, item_id=f"play-{message.get('label', 'clip')}")
+
+    async def call_say(self, message: dict) -> None:
+        if self.session is not None:
+            await self.session.say(message["text"])
+
+    async def call_transferring(self, message: dict) -> None:
+        self.transferring = True
+
+    async def call_transfer_failed(self, message: dict) -> None:
+        self.transferring = False

@@ -1,0 +1,93 @@
+"""The session's transcript and event log, written off the hot path.
+
+Writes are queued without waiting and done by one writer task, in order, each burst in one
+thread hop; nothing is written per audio frame. At the end of the call what is queued is
+written before the session stops.
+"""
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from channels.db import database_sync_to_async
+from django.db import IntegrityError, transaction
+
+from callmedia.outbox import Outbox
+from calls import services
+from calls.models import Call, Speaker
+
+logger = logging.getLogger(__name__)
+
+# How long the end of a call waits for queued writes.
+CLOSE_TIMEOUT_S = 10.0
+
+Write = tuple[Callable[..., Any], dict[str, Any]]
+
+
+def _event_record(*, call_id: str, kind: str, actor: str, data: dict[str, Any]) -> None:
+    # The call's id is all an event needs: no query to load the call first.
+    try:
+        with transaction.atomic():
+            services.call_event_record(call=Call(pk=call_id), kind=kind, actor=actor, data=data)
+    except IntegrityError:
+        logger.info("Call %s: not recording %s, the call was deleted", call_id, kind)
+
+
+def _write_batch(call_sid: str, batch: list[Write]) -> None:
+    for function, kwargs in batch:
+        try:
+            function(**kwargs)
+        except Exception:
+            logger.exception("Call %s: %s failed", call_sid, function.__name__)
+
+
+class Recorder:
+    def __init__(self, *, call_id: str, call_sid: str) -> None:
+        self.call_id = call_id
+        self.call_sid = call_sid
+        write = functools.partial(database_sync_to_async(_write_batch), call_sid)
+        self._outbox: Outbox[Write] = Outbox(write, name=f"agent-db-{call_sid}", batch=True)
+
+    def start(self) -> None:
+        self._outbox.start()
+
+    async def close(self) -> None:
+        """Write what is queued (for at most CLOSE_TIMEOUT_S); later writes are dropped."""
+        if not await self._outbox.close(CLOSE_TIMEOUT_S):
+            logger.error("Call %s: transcript writes still pending at stop", self.call_sid)
+
+    def event(self, kind: str, actor: str, data: dict[str, Any]) -> None:
+        self._write(_event_record, call_id=self.call_id, kind=kind, actor=actor, data=data)
+
+    def caller_line(self, *, item_id: str, text: str, offset_ms: int) -> None:
+        self._write(
+            services.transcript_add,
+            call_id=self.call_id,
+            speaker=Speaker.CALLER,
+            text=text,
+            offset_ms=offset_ms,
+            item_id=item_id,
+        )
+
+    def agent_line(self, *, item_id: str, text: str, offset_ms: int, heard_ms: int | None) -> None:
+        """`heard_ms`: set if the caller heard only that much of it."""
+        self._write(
+            services.transcript_add,
+            call_id=self.call_id,
+            speaker=Speaker.AGENT,
+            text=text,
+            offset_ms=offset_ms,
+            item_id=item_id,
+            interrupted=heard_ms is not None,
+            heard_ms=heard_ms,
+        )
+
+    def agent_line_cut(self, *, item_id: str, heard_ms: int) -> None:
+        """An agent line already written was cut off after `heard_ms`."""
+        self._write(
+            services.transcript_interrupt, call_id=self.call_id, item_id=item_id, heard_ms=heard_ms
+        )
+
+    def _write(self, function: Callable[..., Any], **kwargs: Any) -> None:
+        self._outbox.post((function, kwargs))
