@@ -109,6 +109,7 @@ async def test_barge_in_cancels_an_answer_the_model_is_still_streaming(asgi_serv
     await model.speech_started(interrupt=False)  # the model would stream on by itself
     await model.wait_for(lambda: model.cancels)
     await live.twilio.wait_for(lambda: live.twilio.clears, 2, "clear")
+    await model.wait_for(lambda: model.truncations)
     heard_ms = live.played_ms
     await asyncio.sleep(0.3)
 
