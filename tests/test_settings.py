@@ -37,6 +37,13 @@ def shell_prints(code: str, **overrides: str) -> str:
     [
         ("DJANGO_SECRET_KEY", "", "DJANGO_SECRET_KEY is required"),
         ("DJANGO_SECRET_KEY", "short", "DJANGO_SECRET_KEY must be a random string"),
+        ("DJANGO_SECRET_KEY", "a" * 50, "DJANGO_SECRET_KEY must be a random string"),
+        ("DJANGO_SECRET_KEY", "abcd" * 20, "DJANGO_SECRET_KEY must be a random string"),
+        (
+            "DJANGO_SECRET_KEY",
+            "django-insecure-" + "0123456789abcdef" * 4,
+            "DJANGO_SECRET_KEY must be a random string",
+        ),
         ("PUBLIC_URL", "", "PUBLIC_URL is required"),
         ("PUBLIC_URL", "http://voicebot.example.com", "PUBLIC_URL must use https"),
         ("PUBLIC_URL", "voicebot.example.com", "PUBLIC_URL must look like"),
