@@ -56,6 +56,8 @@ def shell_prints(code: str, **overrides: str) -> str:
         ("DATABASE_URL", "mysql://x", "DATABASE_URL must be"),
         ("OPENAI_REALTIME_URL", "https://api.openai.com", "OPENAI_REALTIME_URL must be"),
         ("TWILIO_SKIP_SIGNATURE_VALIDATION", "true", "may only be set with DJANGO_DEBUG"),
+        ("TWILIO_HTTP_TIMEOUT_SECONDS", "0", "TWILIO_HTTP_TIMEOUT_SECONDS must be a positive"),
+        ("TWILIO_HTTP_TIMEOUT_SECONDS", "soon", "TWILIO_HTTP_TIMEOUT_SECONDS must be a positive"),
     ],
 )
 def test_a_bad_production_setting_stops_start_up_and_names_the_variable(variable, value, message):

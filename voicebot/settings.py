@@ -51,6 +51,20 @@ def env_int(name: str, default: int) -> int:
         raise ImproperlyConfigured(f"{name} must be an integer, not {raw!r}") from None
 
 
+def env_seconds(name: str, default: float) -> float:
+    """A positive duration in seconds (fractions allowed)."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise ImproperlyConfigured(f"{name} must be a positive number of seconds, not {raw!r}")
+    return value
+
+
 def env_list(name: str, default: str = "") -> list[str]:
     return [item.strip() for item in env_str(name, default).split(",") if item.strip()]
 
@@ -119,6 +133,10 @@ if not (TWILIO_ACCOUNT_SID.startswith("AC") and len(TWILIO_ACCOUNT_SID) == 34):
     raise ImproperlyConfigured("TWILIO_ACCOUNT_SID must be 'AC' followed by 32 characters")
 if TWILIO_API_BASE_URL and urlsplit(TWILIO_API_BASE_URL).scheme not in {"http", "https"}:
     raise ImproperlyConfigured("TWILIO_API_BASE_URL must be an http(s) URL or empty")
+
+# Each REST operation (hang up, transfer, call out) must finish within this, or staff are told
+# Twilio did not answer and the caller is not left waiting in silence.
+TWILIO_HTTP_TIMEOUT_SECONDS = env_seconds("TWILIO_HTTP_TIMEOUT_SECONDS", 10.0)
 
 # Development only: accept unsigned webhooks, with a warning logged on every request.
 TWILIO_SKIP_SIGNATURE_VALIDATION = env_bool("TWILIO_SKIP_SIGNATURE_VALIDATION", False)
