@@ -146,6 +146,12 @@ if TWILIO_SKIP_SIGNATURE_VALIDATION and not DEBUG:
 # How long the stream token in the TwiML stays valid; Twilio opens the stream within seconds.
 STREAM_TOKEN_MAX_AGE_SECONDS = env_int("STREAM_TOKEN_MAX_AGE_SECONDS", 300)
 
+# Twilio's webhooks and the admin's forms are a few kilobytes; a larger body is refused (413)
+# before it is read into memory (voicebot/limits.py).
+MAX_REQUEST_BODY_BYTES = env_int("MAX_REQUEST_BODY_BYTES", 1024 * 1024)
+if MAX_REQUEST_BODY_BYTES <= 0:
+    raise ImproperlyConfigured("MAX_REQUEST_BODY_BYTES must be a positive number of bytes")
+
 OPENAI_API_KEY = env_str("OPENAI_API_KEY")
 OPENAI_REALTIME_URL = env_str("OPENAI_REALTIME_URL", "wss://api.openai.com/v1/realtime")
 if urlsplit(OPENAI_REALTIME_URL).scheme not in {"ws", "wss"}:
