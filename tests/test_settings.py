@@ -56,6 +56,8 @@ def shell_prints(code: str, **overrides: str) -> str:
         ("DATABASE_URL", "mysql://x", "DATABASE_URL must be"),
         ("OPENAI_REALTIME_URL", "https://api.openai.com", "OPENAI_REALTIME_URL must be"),
         ("TWILIO_SKIP_SIGNATURE_VALIDATION", "true", "may only be set with DJANGO_DEBUG"),
+        ("LOGIN_FAILURE_LIMIT", "0", "LOGIN_FAILURE_LIMIT and LOGIN_LOCKOUT_MINUTES must be"),
+        ("TRUSTED_PROXY_COUNT", "-1", "TRUSTED_PROXY_COUNT zero or more"),
         ("MAX_REQUEST_BODY_BYTES", "0", "MAX_REQUEST_BODY_BYTES must be a positive"),
         ("TWILIO_HTTP_TIMEOUT_SECONDS", "0", "TWILIO_HTTP_TIMEOUT_SECONDS must be a positive"),
         ("TWILIO_HTTP_TIMEOUT_SECONDS", "soon", "TWILIO_HTTP_TIMEOUT_SECONDS must be a positive"),
