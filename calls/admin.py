@@ -53,7 +53,7 @@ class CallAdmin(admin.ModelAdmin):
         return False
 
     def has_hangup_permission(self, request) -> bool:
-        return request.user.has_perm("calls.hangup_call")
+        return admin_views.may(request.user, "calls.hangup_call")
 
     @admin.action(description="Hang up the selected calls", permissions=["hangup"])
     def hang_up_selected(self, request, queryset) -> None:

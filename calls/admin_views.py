@@ -52,8 +52,20 @@ REFUSALS = {
 }
 
 
+VIEW_PERMISSION = "calls.view_call"
+PLACE_PERMISSION = "calls.place_call"
+
+
+def may(user: Any, permission: str) -> bool:
+    """Whether `user` may take an action: its own permission, and seeing calls at all.
+
+    Acting on calls one cannot see (not even their list) would be acting blind.
+    """
+    return user.has_perm(VIEW_PERMISSION) and user.has_perm(permission)
+
+
 def allowed_actions(user: Any) -> dict[str, bool]:
-    return {action: user.has_perm(permission) for action, permission in ACTION_PERMISSIONS.items()}
+    return {action: may(user, permission) for action, permission in ACTION_PERMISSIONS.items()}
 
 
 # --- the live dashboard ---------------------------------------------------------------------
@@ -84,7 +96,7 @@ def live(request: HttpRequest, model_admin: ModelAdmin) -> HttpResponse:
         # Each card's action forms, cloned by the page's script, which fills in the targets.
         "say_form": SayForm(auto_id=False),
         "transfer_form": TransferForm(auto_id=False),
-        "can_place": request.user.has_perm("calls.place_call"),
+        "can_place": may(request.user, PLACE_PERMISSION),
     }
     return TemplateResponse(request, "admin/calls/call/live.html", context)
 
@@ -155,7 +167,7 @@ def _valid(form: Any) -> Any:
 def _perform(
     request: HttpRequest, call_id: uuid.UUID, action: str, act: Callable[[], str]
 ) -> HttpResponse:
-    if not request.user.has_perm(ACTION_PERMISSIONS[action]):
+    if not may(request.user, ACTION_PERMISSIONS[action]):
         if _wants_json(request):
             return JsonResponse({"ok": False, "message": REFUSALS[action]}, status=403)
         raise PermissionDenied(REFUSALS[action])
@@ -186,7 +198,7 @@ def _wants_json(request: HttpRequest) -> bool:
 
 
 def place(request: HttpRequest, model_admin: ModelAdmin) -> HttpResponse:
-    if not request.user.has_perm("calls.place_call"):
+    if not may(request.user, PLACE_PERMISSION):
         raise PermissionDenied
     form = PlaceCallForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
