@@ -86,10 +86,10 @@ def render_site(
     text = replace_exactly(text, SHIPPED_STATIC_ROOT, f"{static_root}/", count=1)
     text = replace_exactly(text, SHIPPED_CERTIFICATE, str(certificate), count=1)
     text = replace_exactly(text, SHIPPED_KEY, str(key), count=1)
-    servers = re.findall(r"^\s*server 127\.0\.0\.1:\d+ .*;$", text, flags=re.MULTILINE)
-    assert len(servers) == len(SHIPPED_PORTS), servers
+    servers = re.findall(r"^\s*server 127\.0\.0\.1:(\d+)\b", text, flags=re.MULTILINE)
+    assert [int(port) for port in servers] == list(SHIPPED_PORTS), servers
     for shipped, port in zip(SHIPPED_PORTS, upstream_ports, strict=True):
-        text = replace_exactly(text, f"127.0.0.1:{shipped} ", f"127.0.0.1:{port} ", count=1)
+        text = re.sub(rf"\b127\.0\.0\.1:{shipped}\b", f"127.0.0.1:{port}", text)
     return text
 
 
@@ -185,8 +185,9 @@ class JournalEntry:
 class FakeSystemd:
     """voicebot@PORT instances run from the shipped unit, restarted as systemd restarts them.
 
-    `url` takes `POST /restart/PORT` (stop, then start, as `systemctl restart`) and
-    `POST /stop/PORT`, so that deploy/rolling-restart can drive it with curl.
+    `url` takes `POST /restart/PORT` (stop, then start, as `systemctl restart`),
+    `POST /stop/PORT`, and `POST /break/PORT` (restart as a process that listens but is not
+    voicebot), so that deploy/rolling-restart can drive it with curl.
     """
 
     env: dict[str, str]
@@ -209,12 +210,15 @@ class FakeSystemd:
     def log_path(self, port: int) -> Path:
         return self.log_directory / f"voicebot@{port}.log"
 
-    def start(self, port: int) -> int:
-        """Start the instance (Type=simple: started once forked); its pid."""
+    def start(self, port: int, *, command: list[str] | None = None) -> int:
+        """Start the instance (Type=simple: started once forked); its pid.
+
+        `command` replaces the unit's ExecStart, to stand in a broken process.
+        """
         with self._lock, open(self.log_path(port), "ab") as log:
             assert port not in self.processes, f"voicebot@{port} is already running"
             process = subprocess.Popen(
-                self.command(port),
+                command or self.command(port),
                 cwd=self.working_directory,
                 env=self.env,
                 stdout=log,
@@ -242,6 +246,12 @@ class FakeSystemd:
         self.stop(port)
         self.start(port)
 
+    def break_(self, port: int) -> None:
+        """Restart the instance as a process that listens on its port but is not voicebot."""
+        self.stop(port)
+        impostor = [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(port)]
+        self.start(port, command=impostor)
+
     def pid(self, port: int) -> int | None:
         process = self.processes.get(port)
         return process.pid if process is not None else None
@@ -251,12 +261,14 @@ class FakeSystemd:
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
-                match = re.fullmatch(r"/(restart|stop)/(\d+)", self.path)
+                match = re.fullmatch(r"/(restart|stop|break)/(\d+)", self.path)
                 if not match:
                     self.send_error(404)
                     return
                 action, port = match[1], int(match[2])
-                getattr(systemd, action)(port)
+                {"restart": systemd.restart, "stop": systemd.stop, "break": systemd.break_}[
+                    action
+                ](port)
                 self.send_response(200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
