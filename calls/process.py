@@ -133,9 +133,10 @@ def _on_exit() -> None:
 def with_process_tasks(application: Any) -> Any:
     """`application`, which starts this process's loops when daphne's reactor runs (so a
     restarted server reconciles before any request arrives), or else on its first scope."""
-    reactor_module = sys.modules.get("twisted.internet.reactor")
-    if reactor_module is not None:
-        reactor_module.callWhenRunning(start)
+    reactor = sys.modules.get("twisted.internet.reactor")
+    if reactor is not None and not reactor.running:
+        # Its start-up callbacks run before its asyncio loop does: start from the loop.
+        reactor.callWhenRunning(lambda: reactor.callLater(0, start))
 
     async def app(scope: dict, receive: Any, send: Any) -> None:
         if not _started:
