@@ -28,6 +28,7 @@ from typing import Any
 
 from channels.db import database_sync_to_async
 from django.conf import settings
+from django.db import connection
 
 from callmedia.tasks import TaskSet
 
@@ -41,7 +42,7 @@ HOST = socket.gethostname()
 _held: set[str] = set()
 _tasks = TaskSet(f"Process {os.getpid()}")
 _started = False
-_attached = False
+_attached: str | None = None
 
 
 def holder_name() -> str:
@@ -59,7 +60,8 @@ async def stream_held(stream_sid: str) -> None:
     await database_sync_to_async(services.stream_process_attach)(
         stream_sid=stream_sid, process_id=PROCESS_ID, host=HOST, pid=os.getpid()
     )
-    _attached = True
+    # Which database holds this process's row: at exit it is marked there, and nowhere else.
+    _attached = connection.settings_dict["NAME"]
 
 
 def stream_released(stream_sid: str) -> None:
@@ -117,9 +119,13 @@ async def reconcile_loop(holder: str) -> None:
 
 
 def _on_exit() -> None:
-    """Say this process is gone, so its streams are taken over at once (best effort)."""
+    """Say this process is gone, so its streams are taken over at once (best effort).
+
+    At exit, so after the server has finished whatever it does with its streams on a
+    graceful stop; a killed process never gets here, and its heartbeat's silence says it.
+    """
     try:
-        if _attached:
+        if _attached is not None and connection.settings_dict["NAME"] == _attached:
             services.process_stopped(process_id=PROCESS_ID)
         if settings.CALL_RECONCILER:
             services.reconcile_lease_release(holder=holder_name())

@@ -4,6 +4,11 @@ Point a twilio client at it with ``client.api.base_url = emulator.base_url``. It
 the call requests the project makes (create, fetch, hang up, replace TwiML) in Twilio's
 shapes, including its JSON errors, records every request for assertions, and calls hooks
 so a simulated call can react (a hangup ends the media stream, a TwiML update hands it off).
+
+A fetch (GET) returns the Call resource as Twilio does: its status, and once it has ended
+its end time and duration (a string of whole seconds). A TwiML update is parsed: its
+``<Dial>`` numbers and its ``<Connect><Stream>`` (url and parameters, e.g. a resume's fresh
+stream token) are kept on the request.
 """
 
 from __future__ import annotations
