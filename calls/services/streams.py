@@ -51,6 +51,8 @@ def stream_open(
     try:
         if call is None:
             raise security.StreamTokenError("stream for an unknown call")
+        if not call.is_live:
+            raise security.StreamTokenError("the call has ended")
         nonce = security.stream_token_nonce(token, call_sid)
         consumed = (
             Call.objects.filter(pk=call.pk, stream_nonce=nonce)

@@ -48,10 +48,17 @@ def call_answer(
 
     Twilio retries a webhook it got no answer to, so this is idempotent per CallSid: the
     retry finds the same Call and gets a fresh stream token (the first one may never have
-    reached Twilio).
+    reached Twilio). A call that has ended gets <Hangup/> and no token: the request is a
+    replay, and a stream would reopen the finished call.
     """
     with transaction.atomic():
         call = Call.objects.select_for_update().filter(sid=call_sid).first()
+        if call is not None and not call.is_live:
+            call_event_record(
+                call=call, kind="answer_refused", actor=Actor.TWILIO, data={"status": call.status}
+            )
+            logger.warning("Call %s has ended (%s): answered <Hangup/>", call_sid, call.status)
+            return twiml.hangup()
         created = call is None
         if created:
             is_outbound = direction.startswith("outbound")
