@@ -1,6 +1,7 @@
 """Helpers that act as Twilio does towards our webhooks."""
 
 import secrets
+from urllib.parse import urlencode
 
 from django.test import Client
 
@@ -14,9 +15,14 @@ def new_call_sid() -> str:
 
 
 def signed_post(client: Client, path: str, params: dict[str, str], *, url: str | None = None):
-    """POST like Twilio: signed over the public URL (or `url`, to test a wrong one)."""
+    """POST like Twilio: form-encoded, signed over the public URL (or `url`, a wrong one)."""
     signature = security.compute_signature(url or security.public_url(path), params)
-    return client.post(path, params, HTTP_X_TWILIO_SIGNATURE=signature)
+    return client.post(
+        path,
+        urlencode(params),
+        content_type="application/x-www-form-urlencoded",
+        HTTP_X_TWILIO_SIGNATURE=signature,
+    )
 
 
 def incoming_params(call_sid: str, to: str, *, from_number: str = "+14155550123") -> dict:
