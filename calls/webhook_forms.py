@@ -43,7 +43,7 @@ def _sid(prefix: str, *, required: bool = True) -> forms.CharField:
     return forms.RegexField(
         regex=rf"\A{prefix}[0-9a-fA-F]{{32}}\Z",
         required=required,
-        error_messages={"invalid": f"is not a {prefix} SID ({prefix} and 32 hex digits)"},
+        error_messages={"invalid": f"must be {prefix} followed by 32 hex digits"},
     )
 
 
