@@ -26,11 +26,12 @@ View = Callable[[HttpRequest], HttpResponse]
 FormView = Callable[[HttpRequest, dict[str, Any]], HttpResponse]
 
 # What a log line quotes of a value a caller chose: enough to recognise it, never a flood.
-_LOGGED_VALUE_CHARS = 40
+# (The log formatter escapes its control characters.)
+_LOGGED_VALUE_CHARS = 100
 
 
-def _quoted(value: str | None) -> str:
-    return repr(value[:_LOGGED_VALUE_CHARS]) if value is not None else "?"
+def _clipped(value: str | None) -> str:
+    return value[:_LOGGED_VALUE_CHARS] if value is not None else "?"
 
 
 def twilio_webhook(form_class: type[WebhookForm]) -> Callable[[FormView], View]:
@@ -57,7 +58,7 @@ def twilio_webhook(form_class: type[WebhookForm]) -> Callable[[FormView], View]:
                         "a wrong" if signature else "a missing",
                         url,
                         request.META.get("REMOTE_ADDR"),
-                        _quoted(request.POST.get("CallSid")),
+                        _clipped(request.POST.get("CallSid")),
                     )
                     return HttpResponseForbidden("Invalid Twilio signature")
             form = form_class(request.POST)
@@ -75,7 +76,7 @@ def _refused(url: str, request: HttpRequest, form: WebhookForm) -> HttpResponse:
     logger.warning(
         "Refused a signed webhook on %s (CallSid %s): %s",
         url,
-        _quoted(request.POST.get("CallSid")),
+        _clipped(request.POST.get("CallSid")),
         reason,
     )
     return HttpResponseBadRequest(
