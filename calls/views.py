@@ -7,11 +7,11 @@ from datetime import datetime
 from email.utils import parsedate_to_datetime
 
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse, HttpResponseForbidden
+from django.http import HttpRequest, HttpResponse, HttpResponseForbidden, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from . import security, services
+from . import health, security, services
 
 logger = logging.getLogger(__name__)
 
@@ -117,5 +117,10 @@ def dial_action(request: HttpRequest) -> HttpResponse:
     return _twiml(document)
 
 
-def healthz(request: HttpRequest) -> HttpResponse:
-    return HttpResponse("ok", content_type="text/plain")
+async def healthz(request: HttpRequest) -> HttpResponse:
+    """200 when the database and the channel layer answer, else 503 with the reasons (JSON).
+
+    Each check gets HEALTH_CHECK_TIMEOUT_SECONDS, so a load balancer's probe never hangs.
+    """
+    report = await health.health_report(timeout_s=settings.HEALTH_CHECK_TIMEOUT_SECONDS)
+    return JsonResponse(report, status=200 if report["ok"] else 503)

@@ -18,10 +18,16 @@ from ..feed import (
     transcript_summary,
 )
 from .control import (
+    STREAM_UNANSWERED,
+    STREAM_UNREACHABLE,
     CallControlError,
+    ControlOutcome,
+    StreamUnanswered,
+    StreamUnreachable,
     call_clear_audio,
     call_hangup,
     call_play_audio,
+    call_request,
     call_say,
     call_send,
     call_transfer,
@@ -46,8 +52,13 @@ from .webhooks import (
 
 __all__ = [
     "STREAM_COUNTERS",
+    "STREAM_UNANSWERED",
+    "STREAM_UNREACHABLE",
     "SPEAKERS_AUDIBLE",
     "CallControlError",
+    "ControlOutcome",
+    "StreamUnanswered",
+    "StreamUnreachable",
     "StreamOpened",
     "call_answer",
     "call_broadcast",
@@ -57,6 +68,7 @@ __all__ = [
     "call_hangup",
     "call_place_outbound",
     "call_play_audio",
+    "call_request",
     "call_say",
     "call_send",
     "call_speaking_broadcast",
