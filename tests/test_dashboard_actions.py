@@ -6,7 +6,7 @@ from asgiref.sync import sync_to_async
 from django.test import AsyncClient, Client
 
 from calls import telephony
-from calls.models import CallEvent, CallStatus
+from calls.models import CallEvent, CallStatus, MediaStream
 
 from .dashboard_helpers import StreamHolder, make_call, make_staff
 
@@ -230,3 +230,67 @@ def test_a_plain_form_post_never_redirects_off_site(client, call):
     logged_in(client, "clear_audio")
     response = post(client, call, "clear", {"next": "https://evil.example.com/"})
     assert response["Location"] == f"/admin/calls/call/{call.pk}/change/"
+
+
+@pytest.mark.parametrize(
+    ("action", "words"),
+    [
+        ("clear", "This call has no live audio stream, so there is no audio to clear."),
+        ("say", "This call has no live audio stream, so the agent cannot speak on it."),
+    ],
+)
+def test_clear_or_say_on_a_call_with_no_stream_is_refused_in_words(client, call, action, words):
+    logged_in(client, PERMISSIONS[action])
+    response = post(client, call, action, **JSON)
+    assert response.status_code == 409
+    assert response.json() == {"ok": False, "message": words}
+
+
+async def test_an_action_the_stream_never_confirms_says_so_and_is_logged(
+    async_client, call, settings
+):
+    settings.CALL_CONTROL_REPLY_SECONDS = 0.3
+    # By our records the stream is open, but no consumer holds it (its process is gone).
+    await MediaStream.objects.acreate(call=call, sid="MZ" + "1" * 32)
+    await alogged_in(async_client, "clear_audio", "say_on_call")
+    response = await apost(async_client, call, "clear", headers=JSON_HEADERS)
+    assert response.status_code == 504
+    assert response.json() == {
+        "ok": False,
+        "message": "The call's stream did not answer; it may have ended.",
+    }
+    response = await apost(async_client, call, "say", headers=JSON_HEADERS)
+    assert response.json()["message"] == "The call's stream did not answer; it may have ended."
+    events = [e async for e in CallEvent.objects.filter(call=call).values_list("kind", "data")]
+    assert [kind for kind, _ in events] == [
+        "clear",
+        "stream_unanswered",
+        "say",
+        "stream_unanswered",
+    ]
+    assert events[1][1]["action"] == "clear"
+
+
+async def test_a_hang_up_the_stream_never_confirms_is_done_and_says_so(
+    async_client, call, twilio, settings
+):
+    settings.CALL_CONTROL_REPLY_SECONDS = 0.3
+    await MediaStream.objects.acreate(call=call, sid="MZ" + "2" * 32)
+    await alogged_in(async_client, "hangup_call")
+    response = await apost(async_client, call, "hangup", headers=JSON_HEADERS)
+    assert response.status_code == 200
+    assert response.json() == {
+        "ok": True,
+        "warning": True,
+        "message": "Hung up. The call's stream did not answer; it may have ended.",
+    }
+    assert twilio["complete"] == [call.sid]
+
+
+async def test_a_hang_up_is_confirmed_by_the_stream(async_client, call, twilio):
+    await alogged_in(async_client, "hangup_call")
+    async with StreamHolder(call) as holder:
+        response = await apost(async_client, call, "hangup", headers=JSON_HEADERS)
+    assert response.json() == {"ok": True, "message": "Hung up."}
+    assert holder.without_reply_to() == [{"type": "call.close", "reason": "staff_hangup"}]
+    assert holder.received[0]["reply_to"]  # a request: the stream answers on that channel
