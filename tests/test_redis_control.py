@@ -235,7 +235,7 @@ async def test_a_redis_outage_mid_call_fails_nothing_and_control_comes_back(
             rejoined = [
                 line.split(": ", 1)[-1]
                 for line in (world.logs / "a.log").read_text().splitlines()
-                if "answers again" in line
+                if "groups joined again" in line
             ]
             print(f"\nprocess A: {rejoined}")
             print(
