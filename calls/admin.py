@@ -39,6 +39,7 @@ class CallAdmin(admin.ModelAdmin):
             route("<uuid:call_id>/clear/", admin_views.clear, "clear"),
             route("<uuid:call_id>/transfer/", admin_views.transfer, "transfer"),
             route("<uuid:call_id>/say/", admin_views.say, "say"),
+            route("<uuid:call_id>/mark-ended/", admin_views.mark_ended, "mark_ended"),
             *super().get_urls(),
         ]
 

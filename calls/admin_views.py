@@ -46,6 +46,7 @@ ACTION_PERMISSIONS = {
     "say": "calls.say_on_call",
 }
 REFUSALS = {
+    "mark_ended": "You do not have permission to mark calls ended.",
     "hangup": "You do not have permission to hang up calls.",
     "clear": "You do not have permission to clear a call's audio.",
     "transfer": "You do not have permission to transfer calls.",
@@ -55,6 +56,8 @@ REFUSALS = {
 
 VIEW_PERMISSION = "calls.view_call"
 PLACE_PERMISSION = "calls.place_call"
+# Not on the live page: it is for a call that looks live there but that Twilio has not got.
+MARK_ENDED_PERMISSION = "calls.mark_call_ended"
 
 
 def may(user: Any, permission: str) -> bool:
@@ -163,6 +166,19 @@ def say(request: HttpRequest, call_id: uuid.UUID, model_admin: ModelAdmin) -> Ht
     return _perform(request, call_id, "say", act)
 
 
+@require_POST
+def mark_ended(request: HttpRequest, call_id: uuid.UUID, model_admin: ModelAdmin) -> HttpResponse:
+    if not may(request.user, MARK_ENDED_PERMISSION):
+        if _wants_json(request):
+            return JsonResponse({"ok": False, "message": REFUSALS["mark_ended"]}, status=403)
+        raise PermissionDenied(REFUSALS["mark_ended"])
+    try:
+        message = async_to_sync(services.call_mark_ended)(call_id=str(call_id), user=request.user)
+    except services.CallControlError as error:
+        return _outcome(request, call_id, str(error), kind="error", status=error.status)
+    return _outcome(request, call_id, message, kind="success", status=200)
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What an action did, in words; `note` is what did not go as asked, said beside it."""
@@ -256,6 +272,8 @@ def detail(request: HttpRequest, object_id: str, model_admin: ModelAdmin) -> Htt
     if not model_admin.has_view_permission(request, call):
         raise PermissionDenied
     can = allowed_actions(request.user) if call.is_live else {}
+    if call.is_live:
+        can["mark_ended"] = may(request.user, MARK_ENDED_PERMISSION)
     events = call.events.select_related("user")
     streams = list(call.streams.order_by("started_at"))
     targets = list(TransferTarget.objects.filter(agent_id=call.agent_id))

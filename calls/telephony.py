@@ -13,6 +13,8 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
 
 import aiohttp
 from django.conf import settings
@@ -81,6 +83,32 @@ async def call_complete(call_sid: str) -> bool:
             return False
         raise
     return True
+
+
+@dataclass(frozen=True)
+class TwilioCall:
+    """What Twilio's Call resource says about a call now."""
+
+    status: str  # queued, ringing, in-progress, completed, busy, failed, no-answer, canceled
+    duration_seconds: int | None  # set once the call has ended
+    end_time: datetime | None
+
+
+async def call_fetch(call_sid: str) -> TwilioCall | None:
+    """GET the call from Twilio; None when Twilio does not know it (404 / 20404)."""
+    try:
+        async with _client("call fetch") as client:
+            call = await client.calls(call_sid).fetch_async()
+    except TelephonyError as error:
+        if _already_ended(error):
+            return None
+        raise
+    try:
+        duration = int(call.duration) if call.duration not in (None, "") else None
+    except (TypeError, ValueError):
+        duration = None
+    end_time = call.end_time if isinstance(call.end_time, datetime) else None
+    return TwilioCall(status=str(call.status), duration_seconds=duration, end_time=end_time)
 
 
 async def call_update_twiml(call_sid: str, twiml: str) -> None:

@@ -20,6 +20,7 @@ from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: 
 from django.urls import path  # noqa: E402
 
 from calls.consumers import LiveCallsConsumer, MediaStreamConsumer  # noqa: E402
+from calls.process import with_process_tasks  # noqa: E402
 from voicebot.limits import BodySizeLimit, limit_daphne_request_bodies  # noqa: E402
 
 
@@ -47,4 +48,7 @@ websocket_routes = URLRouter(
     ]
 )
 
-application = ProtocolTypeRouter({"http": http_application(), "websocket": websocket_routes})
+# Each server process also keeps its streams' heartbeat and may run the call reconciler.
+application = with_process_tasks(
+    ProtocolTypeRouter({"http": http_application(), "websocket": websocket_routes})
+)

@@ -147,6 +147,24 @@ if TWILIO_SKIP_SIGNATURE_VALIDATION and not DEBUG:
 # How long the stream token in the TwiML stays valid; Twilio opens the stream within seconds.
 STREAM_TOKEN_MAX_AGE_SECONDS = env_int("STREAM_TOKEN_MAX_AGE_SECONDS", 300)
 
+# Ghost calls. A process holding media streams writes that it is alive every
+# STREAM_HEARTBEAT_SECONDS (one UPDATE per process, none while it holds no stream); its
+# streams are lost once it is silent for STREAM_STALE_SECONDS. Every
+# RECONCILE_INTERVAL_SECONDS one reconciler (a lease in the database) asks Twilio about calls
+# whose stream is lost, and about calls still queued/ringing with no stream after
+# RECONCILE_UNANSWERED_GRACE_SECONDS, then resumes or truthfully ends them. CALL_RECONCILER
+# runs it inside each server process; `manage.py reconcile_calls` runs it on its own.
+STREAM_HEARTBEAT_SECONDS = env_seconds("STREAM_HEARTBEAT_SECONDS", 15.0)
+STREAM_STALE_SECONDS = env_seconds("STREAM_STALE_SECONDS", 40.0)
+RECONCILE_INTERVAL_SECONDS = env_seconds("RECONCILE_INTERVAL_SECONDS", 15.0)
+RECONCILE_UNANSWERED_GRACE_SECONDS = env_seconds("RECONCILE_UNANSWERED_GRACE_SECONDS", 30.0)
+CALL_RECONCILER = env_bool("CALL_RECONCILER", True)
+if STREAM_STALE_SECONDS <= 2 * STREAM_HEARTBEAT_SECONDS:
+    raise ImproperlyConfigured(
+        "STREAM_STALE_SECONDS must be more than twice STREAM_HEARTBEAT_SECONDS, or a living "
+        "process would look dead between two heartbeats"
+    )
+
 # Twilio's webhooks and the admin's forms are a few kilobytes; a larger body is refused (413)
 # before it is read into memory (voicebot/limits.py).
 MAX_REQUEST_BODY_BYTES = env_int("MAX_REQUEST_BODY_BYTES", 1024 * 1024)
@@ -308,7 +326,9 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+# Where `manage.py collectstatic` puts the admin's and the console's files; in production the
+# proxy serves this directory at /static/ (deploy/nginx-voicebot.conf), never daphne.
+STATIC_ROOT = Path(env_str("STATIC_ROOT", str(BASE_DIR / "staticfiles")))
 
 PHONENUMBER_DB_FORMAT = "E164"
 PHONENUMBER_DEFAULT_FORMAT = "E164"

@@ -13,7 +13,7 @@ from callmedia.audio import FRAME_BYTES
 from callmedia.outbox import Outbox
 from callmedia.playback import PlaybackTracker
 from callmedia.tasks import TaskSet
-from calls import security, services
+from calls import process, security, services
 from calls.consumers.base import Pending, StreamingConsumer
 from calls.models import call_group_name
 from calls.session import AgentSession
@@ -87,6 +87,8 @@ class MediaStreamConsumer(StreamingConsumer):
         try:
             await self.end_stream("socket closed")
         finally:
+            if self.stream_sid:
+                process.stream_released(self.stream_sid)
             await self.leave_groups()
             await self._outbox.stop()
             await self._tasks.close()
@@ -178,6 +180,7 @@ class MediaStreamConsumer(StreamingConsumer):
         self._tasks.owner = self.label
         self.group = call_group_name(opened.call_id)
         await self.join_group(self.group)
+        await process.stream_held(self.stream_sid)  # its liveness: one heartbeat per process
         self._flush_before_start()
         logger.info("Call %s: stream %s started", self.call_sid, self.stream_sid)
         self.session = AgentSession(
