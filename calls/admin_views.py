@@ -12,6 +12,7 @@ import csv
 import re
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from asgiref.sync import async_to_sync
@@ -109,53 +110,58 @@ def live(request: HttpRequest, model_admin: ModelAdmin) -> HttpResponse:
 
 @require_POST
 def hangup(request: HttpRequest, call_id: uuid.UUID, model_admin: ModelAdmin) -> HttpResponse:
-    def act() -> str:
-        ended = async_to_sync(services.call_hangup)(
+    def act() -> Outcome:
+        outcome = async_to_sync(services.call_hangup)(
             call_id=str(call_id),
             actor=Actor.STAFF,
             reason=EndReason.STAFF_HANGUP,
             user=request.user,
         )
-        return "Hung up." if ended else "The call had already ended or was being hung up."
+        if not outcome.done:
+            return Outcome("The call had already ended or was being hung up.")
+        return Outcome("Hung up.", outcome.stream_note)
 
     return _perform(request, call_id, "hangup", act)
 
 
 @require_POST
 def clear(request: HttpRequest, call_id: uuid.UUID, model_admin: ModelAdmin) -> HttpResponse:
-    def act() -> str:
+    def act() -> Outcome:
         async_to_sync(services.call_clear_audio)(
             call_id=str(call_id), actor=Actor.STAFF, user=request.user
         )
-        return "Cleared the audio that was playing."
+        return Outcome("Cleared the audio that was playing.")
 
     return _perform(request, call_id, "clear", act)
 
 
 @require_POST
 def transfer(request: HttpRequest, call_id: uuid.UUID, model_admin: ModelAdmin) -> HttpResponse:
-    def act() -> str:
+    def act() -> Outcome:
         form = _valid(TransferForm(request.POST))
-        target = async_to_sync(services.call_transfer)(
+        outcome = async_to_sync(services.call_transfer)(
             call_id=str(call_id),
             actor=Actor.STAFF,
             target_name=form.cleaned_data["target"] or None,
             user=request.user,
             reason="staff transfer from the admin",
         )
-        return f"Transferred to {target.name} ({target.phone_number})."
+        target = outcome.target
+        return Outcome(
+            f"Transferred to {target.name} ({target.phone_number}).", outcome.stream_note
+        )
 
     return _perform(request, call_id, "transfer", act)
 
 
 @require_POST
 def say(request: HttpRequest, call_id: uuid.UUID, model_admin: ModelAdmin) -> HttpResponse:
-    def act() -> str:
+    def act() -> Outcome:
         text = _valid(SayForm(request.POST)).cleaned_data["text"]
         async_to_sync(services.call_say)(
             call_id=str(call_id), text=text, actor=Actor.STAFF, user=request.user
         )
-        return f"The agent will say: “{text}”"
+        return Outcome(f"The agent will say: “{text}”")
 
     return _perform(request, call_id, "say", act)
 
@@ -169,8 +175,16 @@ def mark_ended(request: HttpRequest, call_id: uuid.UUID, model_admin: ModelAdmin
     try:
         message = async_to_sync(services.call_mark_ended)(call_id=str(call_id), user=request.user)
     except services.CallControlError as error:
-        return _outcome(request, call_id, str(error), ok=False)
-    return _outcome(request, call_id, message, ok=True)
+        return _outcome(request, call_id, str(error), kind="error", status=error.status)
+    return _outcome(request, call_id, message, kind="success", status=200)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What an action did, in words; `note` is what did not go as asked, said beside it."""
+
+    message: str
+    note: str = ""
 
 
 def _valid(form: Any) -> Any:
@@ -181,23 +195,34 @@ def _valid(form: Any) -> Any:
 
 
 def _perform(
-    request: HttpRequest, call_id: uuid.UUID, action: str, act: Callable[[], str]
+    request: HttpRequest, call_id: uuid.UUID, action: str, act: Callable[[], Outcome]
 ) -> HttpResponse:
     if not may(request.user, ACTION_PERMISSIONS[action]):
         if _wants_json(request):
             return JsonResponse({"ok": False, "message": REFUSALS[action]}, status=403)
         raise PermissionDenied(REFUSALS[action])
     try:
-        message = act()
+        outcome = act()
     except services.CallControlError as error:
-        return _outcome(request, call_id, str(error), ok=False)
-    return _outcome(request, call_id, message, ok=True)
+        return _outcome(request, call_id, str(error), kind="error", status=error.status)
+    if outcome.note:
+        # Done (at Twilio), but the call's stream did not confirm: said, not hidden.
+        message = f"{outcome.message} {outcome.note}"
+        return _outcome(request, call_id, message, kind="warning", status=200)
+    return _outcome(request, call_id, outcome.message, kind="success", status=200)
 
 
-def _outcome(request: HttpRequest, call_id: uuid.UUID, message: str, *, ok: bool) -> HttpResponse:
+def _outcome(
+    request: HttpRequest, call_id: uuid.UUID, message: str, *, kind: str, status: int
+) -> HttpResponse:
+    """The live page gets {"ok", "message"} (and "warning" for a success with a caveat);
+    a plain form post gets the admin's message of that kind and a redirect back."""
     if _wants_json(request):
-        return JsonResponse({"ok": ok, "message": message}, status=200 if ok else 409)
-    (messages.success if ok else messages.error)(request, message)
+        body: dict[str, Any] = {"ok": kind != "error", "message": message}
+        if kind == "warning":
+            body["warning"] = True
+        return JsonResponse(body, status=status)
+    getattr(messages, kind)(request, message)
     back = request.POST.get("next", "")
     if url_has_allowed_host_and_scheme(
         back, allowed_hosts={request.get_host()}, require_https=request.is_secure()
@@ -302,7 +327,8 @@ def hang_up_calls(calls: QuerySet[Call], user: Any) -> tuple[int, int, list[str]
     for error in errors:
         if not isinstance(error, services.CallControlError):
             raise error
-    return results.count(True), results.count(False), [str(error) for error in errors]
+    done = [r.done for r in results if isinstance(r, services.ControlOutcome)]
+    return done.count(True), done.count(False), [str(error) for error in errors]
 
 
 CSV_COLUMNS = [

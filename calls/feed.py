@@ -12,9 +12,13 @@ The live page's socket (/ws/calls/live) gets a snapshot when it connects and whe
 Every shape carries the words the page shows (the `*_label` fields, from calls.labels), so
 the page formats nothing itself. Messages go through channels-redis, so they hold only
 strings, numbers, booleans, lists and dicts. Broadcasts of stored changes are sent once the
-transaction that made them commits.
+transaction that made them commits. They are best effort: when the channel layer is down
+they are dropped (logged once per outage) and the pages re-sync when they reconnect.
 """
 
+import asyncio
+import logging
+import time
 from typing import Any
 
 from asgiref.sync import async_to_sync
@@ -34,6 +38,8 @@ from .models import (
     MediaStream,
     TranscriptEntry,
 )
+
+logger = logging.getLogger(__name__)
 
 # A snapshot carries the end of each call's transcript and log (the call's page has all of
 # it); deltas add to them as they grow.
@@ -158,17 +164,73 @@ def snapshot() -> dict[str, Any]:
 
 # --- broadcasts -----------------------------------------------------------------------------
 
+# Broadcasts are best effort: the live page re-syncs from a snapshot when it reconnects, and a
+# webhook must answer Twilio whether or not Redis does. A broadcast gives up after this...
+BROADCAST_TIMEOUT_S = 1.0
+# ...and after a failure the feed stops trying for this long, so that an unreachable channel
+# layer does not cost every webhook a timeout per broadcast.
+BROADCAST_PAUSE_AFTER_FAILURE_S = 1.0
+
+
+class _Outage:
+    """The channel layer's state as the feed last found it: logged once per outage."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None  # monotonic time of the first failure
+        self.retry_at = 0.0
+        self.dropped = 0
+
+    def skip(self) -> bool:
+        if self.since is not None and time.monotonic() < self.retry_at:
+            self.dropped += 1
+            return True
+        return False
+
+    def failed(self, error: BaseException) -> None:
+        now = time.monotonic()
+        self.retry_at = now + BROADCAST_PAUSE_AFTER_FAILURE_S
+        self.dropped += 1
+        if self.since is None:
+            self.since = now
+            logger.warning(
+                "Live feed: broadcasts are failing (%s: %s); dropping them until the channel "
+                "layer answers again",
+                type(error).__name__,
+                error,
+            )
+
+    def succeeded(self) -> None:
+        if self.since is not None:
+            logger.warning(
+                "Live feed: broadcasts work again after %.1f s; %d were dropped",
+                time.monotonic() - self.since,
+                self.dropped,
+            )
+            self.since, self.dropped = None, 0
+
+
+_outage = _Outage()
+
+
+async def _group_send(message: dict[str, Any]) -> None:
+    layer = get_channel_layer()
+    if layer is None or _outage.skip():
+        return
+    try:
+        await asyncio.wait_for(layer.group_send(LIVE_CALLS_GROUP, message), BROADCAST_TIMEOUT_S)
+    except Exception as error:  # Redis down or slow: the page re-syncs; the caller goes on
+        _outage.failed(error)
+    else:
+        _outage.succeeded()
+
 
 def live_broadcast(event: str, **payload: Any) -> None:
-    """Send a delta to every staff dashboard, once the current transaction has committed."""
+    """Send a delta to every staff dashboard, once the current transaction has committed.
+
+    Never raises: a webhook that changed a call answers Twilio even when Redis is down.
+    """
     message = {"type": "live.event", "event": event, **payload}
-
-    def send() -> None:
-        layer = get_channel_layer()
-        if layer is not None:
-            async_to_sync(layer.group_send)(LIVE_CALLS_GROUP, message)
-
-    transaction.on_commit(send)
+    transaction.on_commit(lambda: async_to_sync(_group_send)(message))
 
 
 def call_broadcast(call: Call) -> None:
@@ -195,7 +257,5 @@ async def call_speaking_broadcast(*, call_id: str, speaker: str) -> None:
     """
     if speaker not in SPEAKERS_AUDIBLE:
         raise ValueError(f"speaker must be one of {SPEAKERS_AUDIBLE}, not {speaker!r}")
-    layer = get_channel_layer()
-    if layer is not None:
-        message = {"type": "live.event", "event": "speaking", "call_id": str(call_id)}
-        await layer.group_send(LIVE_CALLS_GROUP, {**message, "speaker": speaker})
+    message = {"type": "live.event", "event": "speaking", "call_id": str(call_id)}
+    await _group_send({**message, "speaker": speaker})

@@ -6,11 +6,17 @@ from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, HttpResponseForbidden
+from django.http import (
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBadRequest,
+    HttpResponseForbidden,
+    JsonResponse,
+)
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from . import security, services
+from . import health, security, services
 from .webhook_forms import (
     CallStatusForm,
     ConnectActionForm,
@@ -139,5 +145,10 @@ def dial_action(request: HttpRequest, data: dict[str, Any]) -> HttpResponse:
     return _twiml(document)
 
 
-def healthz(request: HttpRequest) -> HttpResponse:
-    return HttpResponse("ok", content_type="text/plain")
+async def healthz(request: HttpRequest) -> HttpResponse:
+    """200 when the database and the channel layer answer, else 503 with the reasons (JSON).
+
+    Each check gets HEALTH_CHECK_TIMEOUT_SECONDS, so a load balancer's probe never hangs.
+    """
+    report = await health.health_report(timeout_s=settings.HEALTH_CHECK_TIMEOUT_SECONDS)
+    return JsonResponse(report, status=200 if report["ok"] else 503)

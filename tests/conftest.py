@@ -11,6 +11,8 @@ pytest.register_assert_rewrite("tests.agent_harness")
 from agents.models import Agent, TransferTarget  # noqa: E402
 from peers.ports import free_port, listening  # noqa: E402
 
+from .servers import RedisServer  # noqa: E402
+
 
 def under_ci() -> bool:
     return os.environ.get("CI", "").lower() == "true"
@@ -43,6 +45,17 @@ def redis_url() -> Iterator[str]:
     )
     with listening(process, port):
         yield f"redis://127.0.0.1:{port}/0"
+
+
+@pytest.fixture
+def stoppable_redis() -> Iterator[RedisServer]:
+    """A redis-server of the test's own, which it may stop and start again on the same port."""
+    server = RedisServer(require_binary("redis-server", why="needed to test Redis outages"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from django.conf import settings
 
-from peers.ports import free_port, listening
+from peers.ports import free_port, listening, wait_for_port
 from voicebot.test_settings import TEST_ENVIRONMENT
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,10 +38,8 @@ def daphne(log_path: Path, **overrides: str) -> Iterator[str]:
 
 
 @contextmanager
-def daphne_process(
-    log_path: Path, **overrides: str
-) -> Iterator[tuple[str, subprocess.Popen]]:
-    """`daphne`, yielding the process as well: (http base URL, process)."""
+def daphne_process(log_path: Path, **overrides: str) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`daphne`, yielding the process too, for a test that kills it."""
     port = free_port()
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
@@ -62,3 +60,32 @@ def daphne_process(
         )
         with listening(process, port):
             yield f"http://127.0.0.1:{port}", process
+
+
+class RedisServer:
+    """A private redis-server on a fixed free port, which a test may stop and start again.
+
+    No persistence: a restart comes back empty, as a crashed Redis without a dump would,
+    so whatever lived only in Redis (group membership) is gone.
+    """
+
+    def __init__(self, binary: str) -> None:
+        self.binary = binary
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1"]
+            + ["--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port, process=self.process)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()  # as a crash would: no goodbye to the clients
+            self.process.wait()
+            self.process = None

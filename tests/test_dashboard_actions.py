@@ -2,14 +2,13 @@
 reports the outcome in words and is written to the call's log with the staff user."""
 
 import pytest
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
-from django.test import Client
+from asgiref.sync import sync_to_async
+from django.test import AsyncClient, Client
 
 from calls import telephony
-from calls.models import CallEvent, CallStatus
+from calls.models import CallEvent, CallStatus, MediaStream
 
-from .dashboard_helpers import make_call, make_staff
+from .dashboard_helpers import StreamHolder, make_call, make_staff
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -53,6 +52,22 @@ def post(client: Client, call, action: str, data: dict | None = None, **headers)
 def logged_in(client: Client, *codenames: str) -> Client:
     client.force_login(make_staff("operator", "view_call", *codenames))
     return client
+
+
+# The same, for actions that reach a call's stream: the stream's stand-in (StreamHolder)
+# answers in the test's event loop, where the async client runs the view's service too.
+JSON_HEADERS = {"Accept": "application/json"}
+
+
+async def alogged_in(client: AsyncClient, *codenames: str) -> AsyncClient:
+    user = await sync_to_async(make_staff)("operator", "view_call", *codenames)
+    await client.aforce_login(user)
+    return client
+
+
+async def apost(client: AsyncClient, call, action: str, data: dict | None = None, **kwargs):
+    url = f"/admin/calls/call/{call.pk}/{action}/"
+    return await client.post(url, FORMS[action] if data is None else data, **kwargs)
 
 
 @pytest.mark.parametrize("action", PERMISSIONS)
@@ -139,15 +154,13 @@ def test_a_failed_hang_up_says_why(client, call, monkeypatch):
     assert CallEvent.objects.filter(call=call, kind="hangup_failed").exists()
 
 
-def test_clear_reaches_the_calls_stream_consumer(client, call):
-    layer = get_channel_layer()
-    channel = async_to_sync(layer.new_channel)()
-    async_to_sync(layer.group_add)(call.group_name, channel)
-    logged_in(client, "clear_audio")
-    response = post(client, call, "clear", **JSON)
+async def test_clear_reaches_the_calls_stream_consumer(async_client, call):
+    await alogged_in(async_client, "clear_audio")
+    async with StreamHolder(call) as holder:
+        response = await apost(async_client, call, "clear", headers=JSON_HEADERS)
     assert response.json() == {"ok": True, "message": "Cleared the audio that was playing."}
-    assert async_to_sync(layer.receive)(channel) == {"type": "call.clear", "actor": "staff"}
-    event = CallEvent.objects.get(call=call, kind="clear")
+    assert holder.without_reply_to() == [{"type": "call.clear", "actor": "staff"}]
+    event = await CallEvent.objects.select_related("user").aget(call=call, kind="clear")
     assert event.user.username == "operator"
 
 
@@ -173,18 +186,19 @@ def test_transfer_to_a_target_of_another_agent_is_refused_in_words(client, call,
     assert twilio["twiml"] == []
 
 
-def test_say_sends_the_sentence_to_the_agent(client, call):
-    layer = get_channel_layer()
-    channel = async_to_sync(layer.new_channel)()
-    async_to_sync(layer.group_add)(call.group_name, channel)
-    logged_in(client, "say_on_call")
-    response = post(client, call, "say", {"text": "  One moment please.  "}, **JSON)
+async def test_say_sends_the_sentence_to_the_agent(async_client, call):
+    await alogged_in(async_client, "say_on_call")
+    async with StreamHolder(call) as holder:
+        data = {"text": "  One moment please.  "}
+        response = await apost(async_client, call, "say", data, headers=JSON_HEADERS)
     assert response.json() == {"ok": True, "message": "The agent will say: “One moment please.”"}
-    assert async_to_sync(layer.receive)(channel) == {
-        "type": "call.say",
-        "text": "One moment please.",
-    }
-    event = CallEvent.objects.get(call=call, kind="say")
+    assert holder.without_reply_to() == [
+        {
+            "type": "call.say",
+            "text": "One moment please.",
+        }
+    ]
+    event = await CallEvent.objects.select_related("user").aget(call=call, kind="say")
     assert (event.user.username, event.data) == ("operator", {"text": "One moment please."})
 
 
@@ -203,10 +217,11 @@ def test_acting_on_an_ended_call_says_so(client, agent, twilio):
     assert response.json()["message"] == "The call has already ended (Completed)."
 
 
-def test_a_plain_form_post_reports_through_the_admins_messages(client, call):
-    logged_in(client, "clear_audio")
+async def test_a_plain_form_post_reports_through_the_admins_messages(async_client, call):
+    await alogged_in(async_client, "clear_audio")
     page = f"/admin/calls/call/{call.pk}/change/"
-    response = post(client, call, "clear", {"next": page}, follow=True)
+    async with StreamHolder(call):
+        response = await apost(async_client, call, "clear", {"next": page}, follow=True)
     assert response.redirect_chain == [(page, 302)]
     assert "Cleared the audio that was playing." in response.content.decode()
 
@@ -215,3 +230,67 @@ def test_a_plain_form_post_never_redirects_off_site(client, call):
     logged_in(client, "clear_audio")
     response = post(client, call, "clear", {"next": "https://evil.example.com/"})
     assert response["Location"] == f"/admin/calls/call/{call.pk}/change/"
+
+
+@pytest.mark.parametrize(
+    ("action", "words"),
+    [
+        ("clear", "This call has no live audio stream, so there is no audio to clear."),
+        ("say", "This call has no live audio stream, so the agent cannot speak on it."),
+    ],
+)
+def test_clear_or_say_on_a_call_with_no_stream_is_refused_in_words(client, call, action, words):
+    logged_in(client, PERMISSIONS[action])
+    response = post(client, call, action, **JSON)
+    assert response.status_code == 409
+    assert response.json() == {"ok": False, "message": words}
+
+
+async def test_an_action_the_stream_never_confirms_says_so_and_is_logged(
+    async_client, call, settings
+):
+    settings.CALL_CONTROL_REPLY_SECONDS = 0.3
+    # By our records the stream is open, but no consumer holds it (its process is gone).
+    await MediaStream.objects.acreate(call=call, sid="MZ" + "1" * 32)
+    await alogged_in(async_client, "clear_audio", "say_on_call")
+    response = await apost(async_client, call, "clear", headers=JSON_HEADERS)
+    assert response.status_code == 504
+    assert response.json() == {
+        "ok": False,
+        "message": "The call's stream did not answer; it may have ended.",
+    }
+    response = await apost(async_client, call, "say", headers=JSON_HEADERS)
+    assert response.json()["message"] == "The call's stream did not answer; it may have ended."
+    events = [e async for e in CallEvent.objects.filter(call=call).values_list("kind", "data")]
+    assert [kind for kind, _ in events] == [
+        "clear",
+        "stream_unanswered",
+        "say",
+        "stream_unanswered",
+    ]
+    assert events[1][1]["action"] == "clear"
+
+
+async def test_a_hang_up_the_stream_never_confirms_is_done_and_says_so(
+    async_client, call, twilio, settings
+):
+    settings.CALL_CONTROL_REPLY_SECONDS = 0.3
+    await MediaStream.objects.acreate(call=call, sid="MZ" + "2" * 32)
+    await alogged_in(async_client, "hangup_call")
+    response = await apost(async_client, call, "hangup", headers=JSON_HEADERS)
+    assert response.status_code == 200
+    assert response.json() == {
+        "ok": True,
+        "warning": True,
+        "message": "Hung up. The call's stream did not answer; it may have ended.",
+    }
+    assert twilio["complete"] == [call.sid]
+
+
+async def test_a_hang_up_is_confirmed_by_the_stream(async_client, call, twilio):
+    await alogged_in(async_client, "hangup_call")
+    async with StreamHolder(call) as holder:
+        response = await apost(async_client, call, "hangup", headers=JSON_HEADERS)
+    assert response.json() == {"ok": True, "message": "Hung up."}
+    assert holder.without_reply_to() == [{"type": "call.close", "reason": "staff_hangup"}]
+    assert holder.received[0]["reply_to"]  # a request: the stream answers on that channel

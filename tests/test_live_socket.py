@@ -12,7 +12,7 @@ from calls import services
 from calls.models import CallStatus
 from voicebot.asgi import application
 
-from .dashboard_helpers import make_call, make_staff
+from .dashboard_helpers import StreamHolder, make_call, make_staff
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -113,7 +113,8 @@ async def test_staff_get_a_snapshot_of_the_live_calls(agent):
 async def test_the_snapshot_carries_each_calls_latest_events_with_the_staff_user(agent):
     live = await sync_to_async(make_call)(agent)
     operator = await staff("alice", "clear_audio")
-    await services.call_clear_audio(call_id=str(live.pk), actor="staff", user=operator)
+    async with StreamHolder(live):
+        await services.call_clear_audio(call_id=str(live.pk), actor="staff", user=operator)
     communicator, _ = await connect(await staff("viewer", "view_call"))
     snapshot = await communicator.receive_json_from()
     await communicator.disconnect()

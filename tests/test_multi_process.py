@@ -6,15 +6,9 @@ crosses between them goes through channels-redis (msgpack), as in production.
 """
 
 import asyncio
-import re
 
-import aiohttp
 import pytest
-from asgiref.sync import sync_to_async
-from django.contrib.auth.hashers import PBKDF2PasswordHasher
-from django.contrib.auth.models import Permission, User
 
-from agents.models import Agent
 from calls.models import Call
 from calls.simulator.rest import TwilioRestEmulator
 from calls.simulator.stream import TwilioStreamClient
@@ -22,83 +16,10 @@ from peers.realtime import FakeRealtimeServer, Reply
 
 from .agent_harness import answer
 from .servers import daphne
+from .staff_http import StaffBrowser, create_world
 from .twilio_helpers import ACCOUNT_SID, new_call_sid
 
 pytestmark = [pytest.mark.redis, pytest.mark.django_db(transaction=True)]
-
-PUBLIC_ORIGIN = "https://voicebot.example.com"
-
-
-@sync_to_async
-def create_world() -> None:
-    Agent.objects.create(
-        name="Greeter",
-        phone_number="+14155550100",
-        greeting="Hello and welcome, this greeting is long enough to be interrupted.",
-    )
-    # Hashed as the servers (production settings) hash, not with the suite's fast hasher.
-    hasher = PBKDF2PasswordHasher()
-    password = hasher.encode("operator-password", hasher.salt(), iterations=1000)
-    staff = User.objects.create(username="operator", password=password, is_staff=True)
-    codenames = ["view_call", "hangup_call", "clear_audio"]
-    staff.user_permissions.set(Permission.objects.filter(codename__in=codenames))
-
-
-class StaffBrowser:
-    """A staff member's HTTP session with a server, signed in through the admin login."""
-
-    def __init__(self, base_url: str) -> None:
-        self.base_url = base_url
-        # The server sets Secure cookies (production settings) and sits behind a TLS
-        # proxy in real life: say so with X-Forwarded-Proto and carry cookies by hand.
-        self.http = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
-        self.cookies: dict[str, str] = {}
-
-    def _headers(self, **extra: str) -> dict[str, str]:
-        cookie = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
-        return {"X-Forwarded-Proto": "https", "Cookie": cookie, **extra}
-
-    def _keep_cookies(self, response: aiohttp.ClientResponse) -> None:
-        for name, morsel in response.cookies.items():
-            self.cookies[name] = morsel.value
-
-    async def login(self, username: str, password: str) -> None:
-        async with self.http.get(f"{self.base_url}/admin/login/", headers=self._headers()) as page:
-            self._keep_cookies(page)
-            html = await page.text()
-        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', html).group(1)
-        form = {
-            "username": username,
-            "password": password,
-            "csrfmiddlewaretoken": token,
-            "next": "/admin/",
-        }
-        async with self.http.post(
-            f"{self.base_url}/admin/login/",
-            data=form,
-            allow_redirects=False,
-            headers=self._headers(Referer=f"{PUBLIC_ORIGIN}/admin/login/", Origin=PUBLIC_ORIGIN),
-        ) as response:
-            assert response.status == 302, await response.text()
-            self._keep_cookies(response)
-
-    async def act(self, call_id: str, action: str) -> dict:
-        async with self.http.post(
-            f"{self.base_url}/admin/calls/call/{call_id}/{action}/",
-            headers=self._headers(
-                Accept="application/json",
-                Origin=PUBLIC_ORIGIN,
-                Referer=f"{PUBLIC_ORIGIN}/admin/calls/call/live/",
-                **{"X-CSRFToken": self.cookies["csrftoken"]},
-            ),
-        ) as response:
-            body = await response.json()
-            assert response.status == 200, body
-            return body
-
-    async def close(self) -> None:
-        await self.http.close()
-
 
 async def test_hangup_and_clear_from_another_process_reach_the_stream(redis_url, tmp_path):
     await create_world()

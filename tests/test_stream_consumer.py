@@ -327,7 +327,7 @@ async def test_hangup_goes_to_twilio_exactly_once_and_closes_the_stream(stream, 
         services.call_hangup(call_id=str(call.id), actor="staff", reason=EndReason.STAFF_HANGUP),
         services.call_hangup(call_id=str(call.id), actor="agent", reason=EndReason.AGENT_ENDED),
     )
-    assert sorted(results) == [False, True]
+    assert sorted(result.done for result in results) == [False, True]
     assert len(rest.hangups(stream.call_sid)) == 1
     assert await stream.closed() == 1000
     call = await call_of(stream)
@@ -340,9 +340,10 @@ async def test_hangup_goes_to_twilio_exactly_once_and_closes_the_stream(stream, 
 async def test_a_hangup_after_the_caller_left_counts_as_done(stream, rest):
     rest.fail_next("POST", status=404, code=20404, message="The requested resource was not found")
     call = await call_of(stream)
-    assert await services.call_hangup(
+    outcome = await services.call_hangup(
         call_id=str(call.id), actor="staff", reason=EndReason.STAFF_HANGUP
     )
+    assert outcome.done
     assert await stream.closed() == 1000
 
 
@@ -352,7 +353,8 @@ async def test_a_failed_hangup_is_reported_and_can_be_retried(stream, rest):
     with pytest.raises(services.CallControlError, match="Hang-up failed"):
         await services.call_hangup(call_id=str(call.id), actor="staff", reason="staff_hangup")
     assert await stream.nothing_received()
-    assert await services.call_hangup(call_id=str(call.id), actor="staff", reason="staff_hangup")
+    outcome = await services.call_hangup(call_id=str(call.id), actor="staff", reason="staff_hangup")
+    assert outcome.done
     assert await stream.closed() == 1000
     kinds = await event_kinds(stream)
     assert kinds.index("hangup_failed") < len(kinds) - 1
@@ -360,8 +362,8 @@ async def test_a_failed_hangup_is_reported_and_can_be_retried(stream, rest):
 
 async def test_transfer_dials_the_target_and_the_following_stop_is_not_a_hangup(stream, rest):
     call = await call_of(stream)
-    target = await services.call_transfer(call_id=str(call.id), actor="staff")
-    assert target.name == "reception"
+    outcome = await services.call_transfer(call_id=str(call.id), actor="staff")
+    assert outcome.target.name == "reception"
     [update] = rest.twiml_updates(stream.call_sid)
     assert update.dial_numbers == ["+14155550199"]
     # Twilio replaces the TwiML and ends the stream itself.

@@ -254,14 +254,43 @@ REDIS_URL = env_str("REDIS_URL")
 if REDIS_URL:
     if urlsplit(REDIS_URL).scheme not in {"redis", "rediss", "unix"}:
         raise ImproperlyConfigured("REDIS_URL must be a redis:// or rediss:// URL")
+    from channels_redis.core import RedisChannelLayer
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "capacity": 1000, "expiry": 30},
+            "CONFIG": {
+                "hosts": [
+                    {
+                        "address": REDIS_URL,
+                        # A consumer's read is a BZPOPMIN that blocks for the layer's own
+                        # 5 s (`brpop_timeout`) and then starts again. redis-py 8 reads with
+                        # a 5 s socket timeout by default: the two met, and every channel
+                        # left quiet for 5 s died of "Timeout reading from …". The socket
+                        # must wait longer than the block, with room for a slow reply.
+                        "socket_timeout": RedisChannelLayer.brpop_timeout + 5,
+                        # An unreachable Redis is known within this, not the socket timeout.
+                        "socket_connect_timeout": 2,
+                        # A pooled connection left over from before a Redis restart fails
+                        # on first use; one retry on a new connection makes that invisible.
+                        "retry": Retry(NoBackoff(), 1),
+                    }
+                ],
+                "capacity": 1000,
+                "expiry": 30,
+            },
         }
     }
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+# A staff action (clear, say, hang up, transfer) waits this long for the process holding the
+# call's stream to confirm it acted; after that staff read that the stream did not answer.
+CALL_CONTROL_REPLY_SECONDS = env_seconds("CALL_CONTROL_REPLY_SECONDS", 2.0)
+# /healthz gives each of its checks (the database, the channel layer) at most this long.
+HEALTH_CHECK_TIMEOUT_SECONDS = env_seconds("HEALTH_CHECK_TIMEOUT_SECONDS", 1.0)
 
 # Login throttling (django-axes): after LOGIN_FAILURE_LIMIT wrong passwords for one user name
 # from one address, that pair is locked out (even the right password is refused, HTTP 429)

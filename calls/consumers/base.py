@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import Coroutine
 from typing import Any
 
@@ -14,6 +15,11 @@ from channels.layers import get_channel_layer
 logger = logging.getLogger(__name__)
 
 Pending = Coroutine[Any, Any, None] | None
+
+# The channel-layer listener's backoff while the layer (Redis) is unreachable: short at first,
+# so that control works again within a couple of seconds of Redis coming back.
+LISTEN_RETRY_FIRST_S = 0.2
+LISTEN_RETRY_MAX_S = 2.0
 
 
 class StreamingConsumer(AsyncWebsocketConsumer):
@@ -34,6 +40,7 @@ class StreamingConsumer(AsyncWebsocketConsumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._handling = asyncio.Lock()  # one message handled at a time, socket or channel
+        self._groups: set[str] = set()  # joined again after the channel layer comes back
 
     @property
     def label(self) -> str:
@@ -78,9 +85,74 @@ class StreamingConsumer(AsyncWebsocketConsumer):
             with contextlib.suppress(asyncio.CancelledError, StopConsumer):
                 await listener
 
+    # --- the channel layer: groups and the listener --------------------------------------
+
+    async def join_group(self, group: str) -> None:
+        """Join `group` now if the channel layer answers, and again whenever it comes back.
+
+        Group membership lives in Redis: a Redis restart forgets it, so the listener joins
+        every group again once the layer answers after a failure. A failure here is logged
+        and left to the listener, which meets the same outage on its next read.
+        """
+        self._groups.add(group)
+        try:
+            await self.channel_layer.group_add(group, self.channel_name)
+        except Exception as error:
+            logger.warning(
+                "%s: could not join %s yet (%s); will retry", self.label, group, _brief(error)
+            )
+
+    async def leave_groups(self) -> None:
+        """Leave every group joined; best effort (their membership expires in any case)."""
+        groups, self._groups = self._groups, set()
+        for group in groups:
+            try:
+                await self.channel_layer.group_discard(group, self.channel_name)
+            except Exception as error:
+                logger.debug("%s: could not leave %s: %s", self.label, group, _brief(error))
+
+    def handle_now(self, message: dict) -> bool:
+        """Handle a channel message before waiting for the current handler; True if done.
+
+        For the few messages that must not queue behind a long handler (an ack its sender is
+        waiting for, which the current handler may be waiting for in turn).
+        """
+        return False
+
     async def _listen(self) -> None:
+        """Read the channel layer for as long as the consumer lives, surviving its outages.
+
+        A read that fails (Redis stopped, restarted, unreachable) is retried with a backoff
+        from LISTEN_RETRY_FIRST_S doubling to LISTEN_RETRY_MAX_S; before reading again the
+        consumer joins its groups again, since a restarted Redis has forgotten them.
+        """
+        delay = 0.0
+        failed_at = 0.0
         while True:
-            message = await self.channel_receive()
+            try:
+                if delay:
+                    for group in list(self._groups):
+                        await self.channel_layer.group_add(group, self.channel_name)
+                    logger.warning(
+                        "%s: the channel layer answers again after %.1f s; groups joined again",
+                        self.label,
+                        time.monotonic() - failed_at,
+                    )
+                    delay = 0.0
+                message = await self.channel_receive()
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                if not delay:
+                    failed_at = time.monotonic()
+                    logger.warning(
+                        "%s: channel layer read failed (%s); retrying", self.label, _brief(error)
+                    )
+                delay = min(LISTEN_RETRY_MAX_S, delay * 2 or LISTEN_RETRY_FIRST_S)
+                await asyncio.sleep(delay)
+                continue
+            if self.handle_now(message):
+                continue
             async with self._handling:
                 try:
                     await self.dispatch(message)
@@ -93,3 +165,7 @@ class StreamingConsumer(AsyncWebsocketConsumer):
             await self.websocket_receive(message)
         else:
             await super().dispatch(message)
+
+
+def _brief(error: BaseException) -> str:
+    return f"{type(error).__module__}.{type(error).__name__}: {error}"

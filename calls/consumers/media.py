@@ -89,8 +89,7 @@ class MediaStreamConsumer(StreamingConsumer):
         finally:
             if self.stream_sid:
                 process.stream_released(self.stream_sid)
-            if self.group:
-                await self.channel_layer.group_discard(self.group, self.channel_name)
+            await self.leave_groups()
             await self._outbox.stop()
             await self._tasks.close()
 
@@ -180,7 +179,7 @@ class MediaStreamConsumer(StreamingConsumer):
         self.stream_sid = event.stream_sid
         self._tasks.owner = self.label
         self.group = call_group_name(opened.call_id)
-        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.join_group(self.group)
         await process.stream_held(self.stream_sid)  # its liveness: one heartbeat per process
         self._flush_before_start()
         logger.info("Call %s: stream %s started", self.call_sid, self.stream_sid)
@@ -304,26 +303,57 @@ class MediaStreamConsumer(StreamingConsumer):
                 waiter.set_result(played)
 
     # --- control messages from any process (channel layer, group call.<uuid>) -----------
+    #
+    # A message with a `reply_to` channel is a request: its sender (calls.services.control)
+    # waits a couple of seconds for {"type": "call.reply", "error": ""} (or the words of why
+    # not) and tells staff the stream did not answer if nothing comes. Each handler replies
+    # once it has acted, except `call.close`, which replies as it starts ending the stream:
+    # ending waits for the session's pending control actions, and the hang-up that sent the
+    # close may be one of them.
+
+    def handle_now(self, message: dict) -> bool:
+        # A stream already ending answers at once, without queueing behind `end_stream`
+        # (which may be waiting for the very action that sent this message).
+        if not self._ended or not message.get("reply_to"):
+            return False
+        error = "" if message.get("type") == "call.close" else "The call's stream has ended."
+        self._tasks.spawn(self._reply(message, error=error), "stream-control-reply")
+        return True
+
+    async def _reply(self, message: dict, *, error: str = "") -> None:
+        reply_to = message.get("reply_to")
+        if not reply_to:
+            return
+        try:
+            await self.channel_layer.send(reply_to, {"type": "call.reply", "error": error})
+        except Exception as failure:  # the layer is down: the sender hears nothing and says so
+            logger.warning("Call %s: a control reply was lost: %r", self.call_sid, failure)
 
     async def call_clear(self, message: dict) -> None:
         if self.session is not None:
             await self.session.interrupt()
         else:
             self.clear()
+        await self._reply(message)
 
     async def call_close(self, message: dict) -> None:
+        await self._reply(message)
         await self.end_stream()
 
     async def call_play(self, message: dict) -> None:
         ulaw = base64.b64decode(message["payload"])
         await self.play_ulaw(ulaw, item_id=f"play-{message.get('label', 'clip')}")
+        await self._reply(message)
 
     async def call_say(self, message: dict) -> None:
-        if self.session is not None:
-            await self.session.say(message["text"])
+        if self.session is None or not await self.session.say(message["text"]):
+            await self._reply(message, error="The agent cannot speak now: no model is connected.")
+            return
+        await self._reply(message)
 
     async def call_transferring(self, message: dict) -> None:
         self.transferring = True
+        await self._reply(message)
 
     async def call_transfer_failed(self, message: dict) -> None:
         self.transferring = False

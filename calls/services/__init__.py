@@ -19,10 +19,16 @@ from ..feed import (
     transcript_summary,
 )
 from .control import (
+    STREAM_UNANSWERED,
+    STREAM_UNREACHABLE,
     CallControlError,
+    ControlOutcome,
+    StreamUnanswered,
+    StreamUnreachable,
     call_clear_audio,
     call_hangup,
     call_play_audio,
+    call_request,
     call_say,
     call_send,
     call_transfer,
@@ -65,8 +71,13 @@ from .webhooks import (
 
 __all__ = [
     "STREAM_COUNTERS",
+    "STREAM_UNANSWERED",
+    "STREAM_UNREACHABLE",
     "SPEAKERS_AUDIBLE",
     "CallControlError",
+    "ControlOutcome",
+    "StreamUnanswered",
+    "StreamUnreachable",
     "Outcome",
     "StreamOpened",
     "call_answer",
@@ -78,6 +89,7 @@ __all__ = [
     "call_mark_ended",
     "call_place_outbound",
     "call_play_audio",
+    "call_request",
     "call_reconcile",
     "call_reconcile_claim",
     "call_reconciled_end",

@@ -1,12 +1,24 @@
 """Call control: one idempotent path per action (hang up, clear, play, say, transfer),
-whoever triggers it, delivered to the call's stream consumer through the channel layer."""
+whoever triggers it, delivered to the call's stream consumer through the channel layer.
+
+Actions are requests, not fire and forget: the message to the call's group carries a reply
+channel, the consumer holding the stream (in whichever process) acts and replies, and the
+action waits CALL_CONTROL_REPLY_SECONDS for that reply. Clear, say and play succeed only
+when the stream confirms. For hang-up and transfer the REST call to Twilio is what counts:
+it is made whatever the stream says, and a stream that did not confirm is reported beside
+the success (Twilio ends the stream itself once the call is hung up or dialled elsewhere).
+Every unanswered request is in the call's event log as `stream_unanswered`.
+"""
 
 import asyncio
 import base64
+import logging
+from dataclasses import dataclass
 from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -15,23 +27,126 @@ from callmedia import audio
 
 from .. import telephony, twiml
 from ..feed import call_broadcast
-from ..models import Call, EndReason, call_group_name
+from ..models import Call, EndReason, MediaStream, StreamStatus, call_group_name
 from .transcripts import call_event_record
 from .webhooks import call_end_record
+
+logger = logging.getLogger(__name__)
+
+STREAM_UNANSWERED = "The call's stream did not answer; it may have ended."
+STREAM_UNREACHABLE = (
+    "The call's stream could not be reached: the channel layer (Redis) is not answering. "
+    "Try again in a moment."
+)
 
 
 class CallControlError(Exception):
     """An action could not be carried out; `str()` says why, in words fit for staff."""
 
+    status = 409  # the HTTP status a view answers with: the call's state forbids it
+
+
+class StreamUnanswered(CallControlError):
+    """The process holding the call's stream did not confirm the action in time."""
+
+    status = 504
+
+
+class StreamUnreachable(CallControlError):
+    """The channel layer (Redis) failed, so the call's stream could not be asked."""
+
+    status = 503
+
+
+@dataclass(frozen=True)
+class ControlOutcome:
+    """What a hang-up or transfer did.
+
+    `done`: Twilio did it (False for a hang-up someone else got to first). `stream_note`:
+    why the call's stream did not confirm, in words for staff; empty when it confirmed or
+    there was no live stream to tell.
+    """
+
+    done: bool
+    stream_note: str = ""
+    target: TransferTarget | None = None
+
 
 async def call_send(call_id: str, message: dict[str, Any]) -> None:
-    """Deliver a control message to the consumer holding the call's stream, in any process.
+    """Deliver a control message to the consumer holding the call's stream; no reply.
 
     Messages must be msgpack-safe for channels-redis: strings, numbers, lists and dicts only.
     """
     layer = get_channel_layer()
     if layer is not None:
         await layer.group_send(call_group_name(call_id), message)
+
+
+async def call_request(call_id: str, message: dict[str, Any]) -> None:
+    """Deliver a control message to the call's stream and wait until it says it acted.
+
+    The consumer answers on a fresh channel of our own (`reply_to`) with
+    {"type": "call.reply", "error": ""} or the words of why it could not. Raises
+    StreamUnanswered after CALL_CONTROL_REPLY_SECONDS with no reply, StreamUnreachable when
+    the channel layer fails, and CallControlError with the stream's words when it refused.
+    """
+    layer = get_channel_layer()
+    if layer is None:
+        raise StreamUnreachable(STREAM_UNREACHABLE)
+    sent = False
+    try:
+        async with asyncio.timeout(settings.CALL_CONTROL_REPLY_SECONDS):
+            reply_to = await layer.new_channel()
+            await layer.group_send(call_group_name(call_id), {**message, "reply_to": reply_to})
+            sent = True
+            reply = await layer.receive(reply_to)
+    except TimeoutError as error:
+        if not sent:
+            raise StreamUnreachable(STREAM_UNREACHABLE) from error
+        raise StreamUnanswered(STREAM_UNANSWERED) from error
+    except Exception as error:  # channels-redis and redis-py errors: Redis is down or failing
+        logger.warning("Call control for %s: channel layer failed: %r", call_id, error)
+        raise StreamUnreachable(STREAM_UNREACHABLE) from error
+    if reply.get("error"):
+        raise CallControlError(str(reply["error"]))
+
+
+def _stream_is_live(call_id: str) -> bool:
+    """Whether a media stream of the call is open, by our records: something to ask."""
+    return MediaStream.objects.filter(call_id=call_id, status=StreamStatus.STARTED).exists()
+
+
+@database_sync_to_async
+def _unanswered_record(call_id: str, action: str, actor: str, user: Any, error: str) -> None:
+    call = Call.objects.filter(pk=call_id).first()
+    if call is not None:
+        data = {"action": action, "error": error}
+        call_event_record(call=call, kind="stream_unanswered", actor=actor, user=user, data=data)
+
+
+async def _ask_stream(
+    call_id: str, message: dict[str, Any], action: str, actor: str, user: Any
+) -> None:
+    """`call_request`, with a failure written to the call's event log before it is raised."""
+    try:
+        await call_request(call_id, message)
+    except (StreamUnanswered, StreamUnreachable) as error:
+        await _unanswered_record(call_id, action, actor, user, str(error))
+        raise
+
+
+async def _tell_stream(
+    call_id: str, message: dict[str, Any], action: str, actor: str, user: Any
+) -> str:
+    """Best effort on top of a REST action: "" if the stream confirmed or there is none,
+    else the words to show beside the action's success."""
+    if not await database_sync_to_async(_stream_is_live)(call_id):
+        return ""
+    try:
+        await _ask_stream(call_id, message, action, actor, user)
+    except CallControlError as error:
+        return str(error)
+    return ""
 
 
 def _live_call(call_id: str) -> Call:
@@ -76,36 +191,53 @@ def _hangup_release(call_id: str, actor: str, user: Any, error: str) -> None:
         )
 
 
-async def call_hangup(*, call_id: str, actor: str, reason: str, user: Any = None) -> bool:
+async def call_hangup(*, call_id: str, actor: str, reason: str, user: Any = None) -> ControlOutcome:
     """Hang up through Twilio's REST API, exactly once, then close the stream.
 
-    Returns False when someone else already hung up or the call had ended; Twilio's 20404
-    (the caller got there first) counts as success.
+    `done` is False when someone else already hung up or the call had ended; Twilio's 20404
+    (the caller got there first) counts as success. The hang-up is Twilio's: the stream's
+    close is asked for on top, and a stream that does not confirm only adds a `stream_note`
+    (Twilio closes the stream of a call it has completed).
     """
     call = await _hangup_claim(str(call_id), reason, actor, user)
     if call is None:
-        return False
+        return ControlOutcome(done=False)
     try:
         await telephony.call_complete(call.sid)
     except telephony.TelephonyError as error:
         await _hangup_release(str(call_id), actor, user, str(error))
         raise CallControlError(f"Hang-up failed: {error}") from error
     await database_sync_to_async(call_end_record)(call_id=str(call_id), reason=reason, actor=actor)
-    await call_send(str(call_id), {"type": "call.close", "reason": reason})
-    return True
+    note = await _tell_stream(
+        str(call_id), {"type": "call.close", "reason": reason}, "hangup", actor, user
+    )
+    return ControlOutcome(done=True, stream_note=note)
 
 
 @database_sync_to_async
 def _action_record(call_id: str, kind: str, actor: str, user: Any, data: dict) -> Call:
     call = _live_call(call_id)
+    if not _stream_is_live(call_id):
+        raise CallControlError(NO_STREAM[kind])
     call_event_record(call=call, kind=kind, actor=actor, user=user, data=data)
     return call
 
 
+# Refusals of an action that needs the call's media stream, when it has none open.
+NO_STREAM = {
+    "clear": "This call has no live audio stream, so there is no audio to clear.",
+    "play": "This call has no live audio stream to play into.",
+    "say": "This call has no live audio stream, so the agent cannot speak on it.",
+}
+
+
 async def call_clear_audio(*, call_id: str, actor: str, user: Any = None) -> None:
-    """Barge-in: drop the audio Twilio has buffered for the caller, at once."""
+    """Barge-in: drop the audio Twilio has buffered for the caller, at once.
+
+    Returns once the stream confirmed; raises CallControlError (with its words) otherwise.
+    """
     await _action_record(str(call_id), "clear", actor, user, {})
-    await call_send(str(call_id), {"type": "call.clear", "actor": actor})
+    await _ask_stream(str(call_id), {"type": "call.clear", "actor": actor}, "clear", actor, user)
 
 
 async def call_play_audio(
@@ -123,16 +255,17 @@ async def call_play_audio(
     duration_ms = audio.duration_ms(ulaw)
     await _action_record(str(call_id), "play", actor, user, {"label": label, "ms": duration_ms})
     payload = base64.b64encode(ulaw).decode("ascii")
-    await call_send(str(call_id), {"type": "call.play", "payload": payload, "label": label})
+    message = {"type": "call.play", "payload": payload, "label": label}
+    await _ask_stream(str(call_id), message, "play", actor, user)
 
 
 async def call_say(*, call_id: str, text: str, actor: str, user: Any = None) -> None:
-    """Have the agent speak `text` on a live call."""
+    """Have the agent speak `text` on a live call, once the stream confirms it will."""
     text = text.strip()
     if not text:
         raise CallControlError("Type something for the agent to say.")
     await _action_record(str(call_id), "say", actor, user, {"text": text})
-    await call_send(str(call_id), {"type": "call.say", "text": text})
+    await _ask_stream(str(call_id), {"type": "call.say", "text": text}, "say", actor, user)
 
 
 @database_sync_to_async
@@ -185,19 +318,25 @@ async def call_transfer(
     target_name: str | None = None,
     user: Any = None,
     reason: str = "",
-) -> TransferTarget:
+) -> ControlOutcome:
     """Hand the caller to a person: replace the call's TwiML with a <Dial>.
 
     Twilio then ends the stream itself; the consumer is told first, so the `stop` that follows
     is read as a transfer, not a hang-up. `target_name=None` means the agent's default target.
+    The transfer is Twilio's: it goes ahead when the stream does not confirm, which only
+    adds a `stream_note`.
     """
     call, target = await _transfer_prepare(str(call_id), target_name, actor, user)
-    await call_send(str(call_id), {"type": "call.transferring", "target": target.name})
+    message = {"type": "call.transferring", "target": target.name}
+    note = await _tell_stream(str(call_id), message, "transfer", actor, user)
     try:
         await telephony.call_update_twiml(call.sid, twiml.dial(str(target.phone_number)))
     except telephony.TelephonyError as error:
         await _transfer_finish(call, target, actor, user, reason, error=str(error))
-        await call_send(str(call_id), {"type": "call.transfer_failed", "error": str(error)})
+        try:
+            await call_send(str(call_id), {"type": "call.transfer_failed", "error": str(error)})
+        except Exception as failure:  # the layer is down; the stream keeps `transferring`
+            logger.warning("Call %s: could not tell the stream: %r", call.sid, failure)
         raise CallControlError(f"Transfer to {target.name} failed: {error}") from error
     await _transfer_finish(call, target, actor, user, reason)
-    return target
+    return ControlOutcome(done=True, stream_note=note, target=target)

@@ -138,15 +138,17 @@ class AgentSession:
             DTMF_RESPONSE_DELAY_S, self._keys_typed
         )
 
-    async def say(self, text: str) -> None:
+    async def say(self, text: str) -> bool:
+        """Have the agent speak `text` (after what it is saying); False if it cannot now."""
         if self.backend is None or self.phase is not Phase.ACTIVE:
             logger.warning("Call %s: cannot say %r now: no model connected", self.call_sid, text)
-            return
+            return False
         if self._active_response is None and not self._awaiting_response:
             self._awaiting_response = True
             self.backend.say(text)
         else:
             self._pending_says.append(text)
+        return True
 
     async def interrupt(self) -> None:
         """Staff cleared the call's audio: cut the agent off as a barge-in would."""

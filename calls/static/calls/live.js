@@ -369,7 +369,11 @@
             });
             const reply = await response.json().catch(() => null);
             if (reply && typeof reply.message === "string") {
-                showOutcome(call, reply.ok ? "success" : "error", reply.message);
+                // A success is shown only when the server says so: an action reaches the
+                // call's stream and waits for its confirmation. "warning": done at Twilio,
+                // but the stream did not confirm (the message says so).
+                const kind = !reply.ok ? "error" : reply.warning ? "warning" : "success";
+                showOutcome(call, kind, reply.message);
                 return Boolean(reply.ok);
             }
             showOutcome(call, "error", refusal(response));
