@@ -25,7 +25,7 @@ _MAX_CHARS_WITHOUT_ENCODING = MAX_MESSAGE_BYTES // 4
 # (docs/twilio-media-streams.md#field-bounds). Twilio's own values are far inside them.
 # Counters: 50 messages a second for a day is 4.3 million; this also fits any int column.
 MAX_COUNTER = 2**31 - 1
-# media.timestamp is ms since the stream started; Twilio ends a call after 24 h at most.
+# media.timestamp is ms since the stream started: twice Twilio's longest call (24 h).
 MAX_TIMESTAMP_MS = 48 * 3600 * 1000
 _MAX_COUNTER_DIGITS = len(str(MAX_COUNTER))
 # SIDs: two capital letters and 32 hex digits from Twilio; anything like it, short, passes.
@@ -48,6 +48,14 @@ MAX_MEDIA_FORMAT_VALUE_CHARS = 64
 MAX_MEDIA_PAYLOAD_CHARS = 10_668
 # The keys of a phone keypad: all Twilio reports in a `dtmf` event.
 DTMF_DIGITS = frozenset("0123456789*#")
+
+
+# Close codes for a stream we end for our own reasons (docs/twilio-media-streams.md#close-codes).
+# Servers may only send 1000 or 3000-4999 (RFC 6455, section 7.4.2): daphne's WebSocket
+# library refuses 1008, and the close used to fail with a traceback and a 1011.
+CLOSE_STREAM_REFUSED = 4001  # the `start` had no valid stream token for its call
+CLOSE_START_TIMEOUT = 4002  # no valid `start` within STREAM_START_TIMEOUT_SECONDS
+CLOSE_START_FAILED = 4003  # the `start` could not be recorded (e.g. the database is down)
 
 
 ProtocolErrorReason = Literal[
