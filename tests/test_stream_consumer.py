@@ -409,6 +409,46 @@ async def test_a_failed_hangup_is_reported_and_can_be_retried(stream, rest):
     assert kinds.index("hangup_failed") < len(kinds) - 1
 
 
+async def test_a_failed_hangup_leaves_its_reason_off_a_call_the_caller_then_ends(stream, rest):
+    rest.fail_next("POST", status=500, code=20500, message="Internal Server Error")
+    call = await call_of(stream)
+    with pytest.raises(services.CallControlError, match="Hang-up failed"):
+        await services.call_hangup(
+            call_id=str(call.id), actor="staff", reason=EndReason.STAFF_HANGUP
+        )
+    assert (await call_of(stream)).end_reason == ""
+    await stop_and_wait(stream)  # then the caller hangs up
+    call = await call_of(stream)
+    assert (call.status, call.end_reason) == ("completed", EndReason.CALLER_HANGUP)
+
+
+async def test_a_failed_hangup_leaves_its_reason_off_a_call_twilio_reports_ended(stream, rest):
+    rest.fail_next("POST", status=500, code=20500, message="Internal Server Error")
+    call = await call_of(stream)
+    with pytest.raises(services.CallControlError, match="Hang-up failed"):
+        await services.call_hangup(
+            call_id=str(call.id), actor="staff", reason=EndReason.STAFF_HANGUP
+        )
+    await sync_to_async(services.call_status_update)(call_sid=stream.call_sid, status="completed")
+    call = await call_of(stream)
+    assert (call.status, call.end_reason) == ("completed", EndReason.CALLER_HANGUP)
+
+
+async def test_a_hangup_keeps_its_reason_when_twilio_reports_the_end_first(stream, rest):
+    # Twilio's "completed" callback may beat the REST response that confirms our hang-up.
+    call = await call_of(stream)
+    rest.on_hangup = lambda sid: reported.set()
+    reported = asyncio.Event()
+    hangup = asyncio.create_task(
+        services.call_hangup(call_id=str(call.id), actor="staff", reason=EndReason.STAFF_HANGUP)
+    )
+    await reported.wait()
+    await sync_to_async(services.call_status_update)(call_sid=stream.call_sid, status="completed")
+    assert await hangup
+    call = await call_of(stream)
+    assert (call.status, call.end_reason) == ("completed", EndReason.STAFF_HANGUP)
+
+
 async def test_transfer_dials_the_target_and_the_following_stop_is_not_a_hangup(stream, rest):
     call = await call_of(stream)
     target = await services.call_transfer(call_id=str(call.id), actor="staff")
