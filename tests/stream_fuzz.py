@@ -18,12 +18,13 @@ from callmedia import protocol
 from calls.simulator import wire
 
 # The suite stays fast; CI=true runs more examples (still well under a minute).
-FUZZ_EXAMPLES = int(os.environ.get("STREAM_FUZZ_EXAMPLES") or (300 if os.environ.get("CI") else 60))
+_CI = os.environ.get("CI", "").lower() == "true"
+FUZZ_EXAMPLES = int(os.environ.get("STREAM_FUZZ_EXAMPLES") or (600 if _CI else 150))
 
 fuzz_settings = settings(
     max_examples=FUZZ_EXAMPLES,
     deadline=None,
-    derandomize=not os.environ.get("CI"),  # the same examples locally, new ones in CI
+    derandomize=not _CI,  # the same examples locally, new ones in CI
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 
@@ -35,7 +36,10 @@ huge_numbers = st.one_of(
     st.floats(allow_nan=False),
     st.sampled_from([2**31, 2**63, 10**30, -1, 0, 1e308, 1.5]),
 )
-digit_strings = st.text("0123456789", min_size=1, max_size=40)
+digit_strings = st.one_of(
+    st.text("0123456789", min_size=1, max_size=40),
+    st.integers(min_value=0, max_value=10**40).map(str),
+)
 long_strings = st.one_of(
     st.text(max_size=40),
     st.integers(min_value=0, max_value=20_000).map(lambda n: "A" * n),
@@ -51,6 +55,27 @@ json_values = st.recursive(
     ),
     max_leaves=20,
 )
+# What replaces a field: mostly values of the right kind but out of range, sometimes anything.
+field_values = st.one_of(digit_strings, huge_numbers, long_strings, json_values)
+_counter_values = st.one_of(
+    st.integers(min_value=2**31, max_value=10**40).map(str),  # the 30-digit timestamp
+    st.sampled_from(["1" * 30, str(2**31), "٣", "-1", "1.5", "0x10", " 1", ""]),
+    digit_strings,
+    huge_numbers,
+    field_values,
+)
+_FIELD_VALUES = {
+    "sequenceNumber": _counter_values,
+    "chunk": _counter_values,
+    "timestamp": _counter_values,
+    "payload": st.one_of(
+        st.integers(min_value=0, max_value=12_000).map(lambda n: "A" * n),
+        st.text(max_size=30),
+        field_values,
+    ),
+    "digit": st.one_of(st.text(max_size=3), field_values),
+    "name": st.one_of(long_strings, field_values),
+}
 
 
 def templates(stream_sid: str, call_sid: str) -> dict[str, dict[str, Any]]:
@@ -82,30 +107,54 @@ def templates(stream_sid: str, call_sid: str) -> dict[str, dict[str, Any]]:
     }
 
 
-def _paths(obj: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+def _paths(message: dict[str, Any]) -> list[tuple[str, ...]]:
+    # Hypothesis favours the first choices: the fields that carry values first (counters,
+    # payload, digit, name), the objects that hold them next, the event name last.
+    def rank(path: tuple[str, ...]) -> tuple[int, bool, int]:
+        first = _INTERESTING.index(path[-1]) if path[-1] in _INTERESTING else len(_INTERESTING)
+        return (path == ("event",), isinstance(_at(message, path), dict), first)
+
+    return sorted(_walk(message, ()), key=rank)
+
+
+_INTERESTING = ["timestamp", "chunk", "sequenceNumber", "payload", "digit", "name"]
+
+
+def _walk(obj: dict[str, Any], prefix: tuple[str, ...]) -> list[tuple[str, ...]]:
     paths = []
     for key, value in obj.items():
         paths.append((*prefix, key))
         if isinstance(value, dict):
-            paths.extend(_paths(value, (*prefix, key)))
+            paths.extend(_walk(value, (*prefix, key)))
     return paths
+
+
+def _at(obj: Any, path: tuple[str, ...]) -> Any:
+    for key in path:
+        obj = obj[key]
+    return obj
 
 
 @st.composite
 def mutated_message(draw: st.DrawFn, stream_sid: str, call_sid: str) -> str:
-    kind = draw(st.sampled_from(sorted(templates(stream_sid, call_sid))))
+    # Media most often: it is the hot path, parsed by its own fast code.
+    kind = draw(st.sampled_from(["media", "media", "media", "mark", "dtmf", "start", "connected"]))
     message = templates(stream_sid, call_sid)[kind]
-    path = draw(st.sampled_from(_paths(message)))
-    parent = message
-    for key in path[:-1]:
-        parent = parent[key]
-    action = draw(st.sampled_from(["replace", "replace", "replace", "delete", "add"]))
-    if action == "replace":
-        parent[path[-1]] = draw(json_values)
-    elif action == "delete":
-        del parent[path[-1]]
-    else:
-        parent[draw(st.text(max_size=10))] = draw(json_values)
+    for _ in range(draw(st.integers(min_value=1, max_value=3))):
+        paths = _paths(message)
+        if not paths:
+            break
+        path = draw(st.sampled_from(paths))
+        parent = message
+        for key in path[:-1]:
+            parent = parent[key]
+        action = draw(st.sampled_from(["replace", "replace", "replace", "delete", "add"]))
+        if action == "replace":
+            parent[path[-1]] = draw(_FIELD_VALUES.get(path[-1], field_values))
+        elif action == "delete":
+            del parent[path[-1]]
+        else:
+            parent[draw(st.text(max_size=10))] = draw(json_values)
     return json.dumps(message)
 
 
@@ -122,13 +171,14 @@ def hostile_frames(stream_sid: str, call_sid: str) -> st.SearchStrategy[str | by
     )
 
 
-def stops_the_stream(frame: str | bytes, stream_sid: str) -> bool:
-    """A frame that is a valid `stop` for the stream: Twilio ending it, not hostile input."""
+def acts_on_the_stream(frame: str | bytes, stream_sid: str) -> bool:
+    """A valid `stop` or `dtmf` for the stream: Twilio ending it or a caller's key (which may
+    transfer the call), not hostile input."""
     try:
         event = protocol.parse(frame)
     except protocol.ProtocolError:
         return False
-    return type(event) is protocol.Stop and event.stream_sid == stream_sid
+    return type(event) in (protocol.Stop, protocol.Dtmf) and event.stream_sid == stream_sid
 
 
 def bounds_problem(event: protocol.TwilioEvent) -> str | None:
