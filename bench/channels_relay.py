@@ -1,12 +1,12 @@
-"""performance.md's reference relay: a Channels consumer with its two fixes, and a lean one.
+"""The reference relay (docs/performance.md): a Channels consumer with two fixes, and a lean one.
 
-`python -m bench.relay --app channels` serves `ReferenceConsumer`, the relay performance.md
+`python -m bench.relay --app channels` serves `ReferenceConsumer`, the relay docs/performance.md
 measured (0.75 % per call under daphne, 0.54 % under uvicorn, at 50 calls) and from which
-the issue's targets were set, so running it here tells how this machine compares with that
+the CPU targets were set, so running it here tells how this machine compares with that
 one. It is an `AsyncWebsocketConsumer` with the two fixes (no `aclose_old_connections()`
 per frame, `compression=None` to the model) that bridges the way Twilio's own sample does:
 `json.dumps` for every message, the model's audio base64-decoded and re-encoded, and a mark
-after every delta. performance.md lists exactly those three as the next wins, beyond that
+after every delta. docs/performance.md lists exactly those three as the next wins, beyond that
 relay, so that relay did not have them.
 
 `--app channels-lean` serves `LeanConsumer`: the same consumer with those three wins (the

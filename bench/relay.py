@@ -66,14 +66,15 @@ APPS = {
     "channels-lean": "bench.channels_relay:lean_app",
     "minimal": "bench.minimal:app",
 }
-# Targets from issue 4, at 50 calls with every feature on.
+# The CPU and latency targets at 50 calls with every feature on
+# (docs/performance.md#the-reference-relay).
 TARGET_CPU_PER_CALL = {"daphne": 0.6, "uvicorn": 0.45}
-# performance.md's reference relay (bench.channels_relay), at 50 calls, on the machine the
+# The reference relay of docs/performance.md (bench.channels_relay), at 50 calls, on the machine the
 # targets were set on. `--reference` runs it here: the ratio of the two tells how this
 # machine compares, and each target as a share of the reference carries over.
 REFERENCE_CPU_PER_CALL = {"daphne": 0.75, "uvicorn": 0.54}
 REFERENCE_APP = "channels"
-# Also run by --reference: the same relay with performance.md's three further wins.
+# Also run by --reference: the same relay with docs/performance.md's three further wins.
 LEAN_APP = "channels-lean"
 TARGET_P99_MS = 5.0
 
@@ -798,10 +799,10 @@ def check_targets(server: str, calls: int, s: dict[str, Any]) -> list[str]:
 
 
 CALIBRATION_LEGEND = f"""\
-Against performance.md's reference relay ({APPS[REFERENCE_APP]}), run here on the same
+Against the reference relay of docs/performance.md ({APPS[REFERENCE_APP]}), run here on the same
 load: 'machine' is its CPU per call here / there; 'share' is the project's CPU per call as a
-share of the reference's; the target share is the issue's target / the reference there.
-The lean relay ({APPS[LEAN_APP]}) is that relay with performance.md's three further wins."""
+share of the reference's; the target share is the target / the reference there.
+The lean relay ({APPS[LEAN_APP]}) is that relay with docs/performance.md's three further wins."""
 
 
 def calibrate(rows: list, app: str) -> list[tuple[str, dict[str, Any]]]:
@@ -859,7 +860,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--app",
         choices=sorted(APPS),
         default="voicebot",
-        help="voicebot (the project), channels (performance.md's reference relay), "
+        help="voicebot (the project), channels (the reference relay of docs/performance.md), "
         "channels-lean (the same with its further wins) or minimal (a bare relay without "
         "Django or Channels, the floor)",
     )
@@ -893,7 +894,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--reference",
         action="store_true",
-        help="also run performance.md's reference relay and the lean one on the same "
+        help="also run the reference relay (docs/performance.md) and the lean one on the same "
         "load, and compare",
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory and logs")

@@ -1,7 +1,7 @@
 """Track what the caller has actually heard of the audio we sent to Twilio.
 
 The model must be truncated at the point the caller heard, not at the point we sent
-(protocols.md, pitfall 2). Pure logic: the consumer reports what it sent, the marks it
+(docs/bridge-pitfalls.md, pitfall 2). Pure logic: the consumer reports what it sent, the marks it
 sent and their echoes, and Twilio's stream clock; nothing here reads a wall clock.
 """
 

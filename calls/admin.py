@@ -39,6 +39,7 @@ class CallAdmin(admin.ModelAdmin):
             route("<uuid:call_id>/clear/", admin_views.clear, "clear"),
             route("<uuid:call_id>/transfer/", admin_views.transfer, "transfer"),
             route("<uuid:call_id>/say/", admin_views.say, "say"),
+            route("<uuid:call_id>/mark-ended/", admin_views.mark_ended, "mark_ended"),
             *super().get_urls(),
         ]
 
@@ -53,7 +54,7 @@ class CallAdmin(admin.ModelAdmin):
         return False
 
     def has_hangup_permission(self, request) -> bool:
-        return request.user.has_perm("calls.hangup_call")
+        return admin_views.may(request.user, "calls.hangup_call")
 
     @admin.action(description="Hang up the selected calls", permissions=["hangup"])
     def hang_up_selected(self, request, queryset) -> None:

@@ -45,6 +45,7 @@ ACTION_PERMISSIONS = {
     "say": "calls.say_on_call",
 }
 REFUSALS = {
+    "mark_ended": "You do not have permission to mark calls ended.",
     "hangup": "You do not have permission to hang up calls.",
     "clear": "You do not have permission to clear a call's audio.",
     "transfer": "You do not have permission to transfer calls.",
@@ -52,8 +53,22 @@ REFUSALS = {
 }
 
 
+VIEW_PERMISSION = "calls.view_call"
+PLACE_PERMISSION = "calls.place_call"
+# Not on the live page: it is for a call that looks live there but that Twilio has not got.
+MARK_ENDED_PERMISSION = "calls.mark_call_ended"
+
+
+def may(user: Any, permission: str) -> bool:
+    """Whether `user` may take an action: its own permission, and seeing calls at all.
+
+    Acting on calls one cannot see (not even their list) would be acting blind.
+    """
+    return user.has_perm(VIEW_PERMISSION) and user.has_perm(permission)
+
+
 def allowed_actions(user: Any) -> dict[str, bool]:
-    return {action: user.has_perm(permission) for action, permission in ACTION_PERMISSIONS.items()}
+    return {action: may(user, permission) for action, permission in ACTION_PERMISSIONS.items()}
 
 
 # --- the live dashboard ---------------------------------------------------------------------
@@ -84,7 +99,7 @@ def live(request: HttpRequest, model_admin: ModelAdmin) -> HttpResponse:
         # Each card's action forms, cloned by the page's script, which fills in the targets.
         "say_form": SayForm(auto_id=False),
         "transfer_form": TransferForm(auto_id=False),
-        "can_place": request.user.has_perm("calls.place_call"),
+        "can_place": may(request.user, PLACE_PERMISSION),
     }
     return TemplateResponse(request, "admin/calls/call/live.html", context)
 
@@ -145,6 +160,19 @@ def say(request: HttpRequest, call_id: uuid.UUID, model_admin: ModelAdmin) -> Ht
     return _perform(request, call_id, "say", act)
 
 
+@require_POST
+def mark_ended(request: HttpRequest, call_id: uuid.UUID, model_admin: ModelAdmin) -> HttpResponse:
+    if not may(request.user, MARK_ENDED_PERMISSION):
+        if _wants_json(request):
+            return JsonResponse({"ok": False, "message": REFUSALS["mark_ended"]}, status=403)
+        raise PermissionDenied(REFUSALS["mark_ended"])
+    try:
+        message = async_to_sync(services.call_mark_ended)(call_id=str(call_id), user=request.user)
+    except services.CallControlError as error:
+        return _outcome(request, call_id, str(error), ok=False)
+    return _outcome(request, call_id, message, ok=True)
+
+
 def _valid(form: Any) -> Any:
     if not form.is_valid():
         first = next(iter(form.errors.values()))[0]
@@ -155,7 +183,7 @@ def _valid(form: Any) -> Any:
 def _perform(
     request: HttpRequest, call_id: uuid.UUID, action: str, act: Callable[[], str]
 ) -> HttpResponse:
-    if not request.user.has_perm(ACTION_PERMISSIONS[action]):
+    if not may(request.user, ACTION_PERMISSIONS[action]):
         if _wants_json(request):
             return JsonResponse({"ok": False, "message": REFUSALS[action]}, status=403)
         raise PermissionDenied(REFUSALS[action])
@@ -186,7 +214,7 @@ def _wants_json(request: HttpRequest) -> bool:
 
 
 def place(request: HttpRequest, model_admin: ModelAdmin) -> HttpResponse:
-    if not request.user.has_perm("calls.place_call"):
+    if not may(request.user, PLACE_PERMISSION):
         raise PermissionDenied
     form = PlaceCallForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
@@ -219,6 +247,8 @@ def detail(request: HttpRequest, object_id: str, model_admin: ModelAdmin) -> Htt
     if not model_admin.has_view_permission(request, call):
         raise PermissionDenied
     can = allowed_actions(request.user) if call.is_live else {}
+    if call.is_live:
+        can["mark_ended"] = may(request.user, MARK_ENDED_PERMISSION)
     events = call.events.select_related("user")
     streams = list(call.streams.order_by("started_at"))
     targets = list(TransferTarget.objects.filter(agent_id=call.agent_id))

@@ -20,13 +20,20 @@ from typing import Any
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.db import transaction
-from django.db.models import Prefetch
+from django.db.models import Exists, OuterRef, Prefetch
 from django.utils import timezone
 
 from agents.models import TransferTarget
 
 from . import labels
-from .models import LIVE_CALLS_GROUP, LIVE_STATUSES, Call, CallEvent, TranscriptEntry
+from .models import (
+    LIVE_CALLS_GROUP,
+    LIVE_STATUSES,
+    Call,
+    CallEvent,
+    MediaStream,
+    TranscriptEntry,
+)
 
 # A snapshot carries the end of each call's transcript and log (the call's page has all of
 # it); deltas add to them as they grow.
@@ -98,16 +105,23 @@ def event_summary(event: CallEvent) -> dict[str, Any]:
 
 
 def snapshot() -> dict[str, Any]:
-    """Every live call with its transcript and latest events, and what the page needs to act
-    on them: the transfer targets of every agent, and the server's clock for durations."""
+    """The live calls, newest first, with their transcript and latest events, and what the
+    page needs to act on them: the transfer targets of every agent, and the server's clock
+    for durations.
+
+    A call whose stream a dead server process held is left out: nothing serves it, and the
+    reconciler resumes or ends it within the minute (a resumed call comes back as a delta).
+    """
+    lost_stream = MediaStream.objects.lost().filter(call=OuterRef("pk"))
     calls = list(
         Call.objects.filter(status__in=LIVE_STATUSES, ended_at__isnull=True)
+        .exclude(Exists(lost_stream))
         .select_related("agent")
         .prefetch_related(
             "transcript",
             Prefetch("events", queryset=CallEvent.objects.select_related("user")),
         )
-        .order_by("created_at")[:SNAPSHOT_MAX_CALLS]
+        .order_by("-created_at")[:SNAPSHOT_MAX_CALLS]
     )
     # Every agent of a live call has an entry, so the page knows "none" from "not sent".
     targets: dict[str, list[dict[str, Any]]] = {

@@ -1,7 +1,10 @@
 import uuid
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import models
+from django.db.models import Q
+from django.utils import timezone
 
 
 class CallStatus(models.TextChoices):
@@ -48,6 +51,9 @@ class EndReason(models.TextChoices):
     FAILED = "failed", "Failed"
     TIMEOUT = "timeout", "Timeout"
     NO_AGENT = "no_agent", "No agent for the number"
+    # Found out after the fact: the process holding the call died and Twilio says it is over.
+    SERVER_LOST = "server_lost", "Ended while the server was down"
+    UNKNOWN_TO_TWILIO = "twilio_unknown", "Unknown to Twilio"
 
 
 class Actor(models.TextChoices):
@@ -93,6 +99,8 @@ class Call(models.Model):
     hangup_requested_at = models.DateTimeField(null=True, blank=True, editable=False)
     # The nonce of the single outstanding stream token; emptied when the stream uses it.
     stream_nonce = models.CharField(max_length=64, blank=True, editable=False)
+    # A reconciler has claimed the call (or put off looking at it again) until then.
+    reconcile_after = models.DateTimeField(null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ["-created_at"]
@@ -102,6 +110,7 @@ class Call(models.Model):
             ("transfer_call", "Can transfer a live call to a person"),
             ("place_call", "Can place an outbound call"),
             ("say_on_call", "Can make the agent say a sentence on a live call"),
+            ("mark_call_ended", "Can mark ended a call Twilio no longer has"),
         ]
 
     def __str__(self) -> str:
@@ -130,8 +139,60 @@ class StreamStatus(models.TextChoices):
     ERROR = "error"
 
 
+class ServerProcess(models.Model):
+    """A server process that holds media streams.
+
+    While it holds any, it writes `last_seen` every STREAM_HEARTBEAT_SECONDS (one UPDATE for
+    all of them); a process not seen for STREAM_STALE_SECONDS, or stopped, holds nothing.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    host = models.CharField(max_length=255)
+    pid = models.PositiveIntegerField()
+    started_at = models.DateTimeField(auto_now_add=True)
+    last_seen = models.DateTimeField(db_index=True)
+    stopped_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.pid}"
+
+
+class ReconcilerLease(models.Model):
+    """One row: which reconciler may work, until when. Taken by a conditional UPDATE."""
+
+    holder = models.CharField(max_length=200, blank=True)
+    expires_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.holder or 'nobody'} until {self.expires_at:%Y-%m-%d %H:%M:%S}"
+
+
+class MediaStreamQuerySet(models.QuerySet):
+    def lost(self, now: datetime | None = None) -> "MediaStreamQuerySet":
+        """Streams still marked started whose process is gone: stopped, or silent too long.
+
+        A stream with no process is from before processes were recorded (or is being
+        attached at this instant): lost once it is as old as a silent process would be.
+        """
+        stale_before = (now or timezone.now()) - timedelta(seconds=settings.STREAM_STALE_SECONDS)
+        return self.filter(status=StreamStatus.STARTED).filter(
+            Q(process__last_seen__lt=stale_before)
+            | Q(process__stopped_at__isnull=False)
+            | Q(process__isnull=True, started_at__lt=stale_before)
+        )
+
+
 class MediaStream(models.Model):
     call = models.ForeignKey(Call, on_delete=models.CASCADE, related_name="streams")
+    # The server process whose consumer holds the socket.
+    process = models.ForeignKey(
+        ServerProcess,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="streams",
+        editable=False,
+    )
     sid = models.CharField("Stream SID", max_length=64, unique=True)
     status = models.CharField(
         max_length=16, choices=StreamStatus.choices, default=StreamStatus.STARTED, db_index=True
@@ -151,6 +212,8 @@ class MediaStream(models.Model):
     dtmf_digits = models.PositiveIntegerField(default=0)
     bad_messages = models.PositiveIntegerField(default=0)
     last_error = models.TextField(blank=True)
+
+    objects = MediaStreamQuerySet.as_manager()
 
     class Meta:
         ordering = ["-started_at"]

@@ -2,12 +2,21 @@
 
 Async throughout: the client is built inside the running loop on the aiohttp transport, and
 closed after each operation. `TWILIO_API_BASE_URL` points it at a local emulator.
+
+Every operation is bounded by `TWILIO_HTTP_TIMEOUT_SECONDS`, applied here with
+`asyncio.timeout`: twilio-python's `AsyncTwilioHttpClient(timeout=...)` is not passed on to
+aiohttp, which would then wait as long as a stalled Twilio lets it, with staff waiting on a
+button and a caller in silence. Failures reach staff as a sentence; details go to the log.
 """
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
 
+import aiohttp
 from django.conf import settings
 from twilio.base.exceptions import TwilioRestException
 from twilio.http.async_http_client import AsyncTwilioHttpClient
@@ -29,21 +38,32 @@ class TelephonyError(Exception):
 
 
 @asynccontextmanager
-async def _client() -> AsyncIterator[Client]:
-    http_client = AsyncTwilioHttpClient(timeout=10)
+async def _client(operation: str) -> AsyncIterator[Client]:
+    """A client for one operation, which must finish within TWILIO_HTTP_TIMEOUT_SECONDS."""
+    seconds: float = settings.TWILIO_HTTP_TIMEOUT_SECONDS
+    http_client = AsyncTwilioHttpClient()
     client = Client(
         settings.TWILIO_ACCOUNT_SID, settings.TWILIO_AUTH_TOKEN, http_client=http_client
     )
     if settings.TWILIO_API_BASE_URL:
         client.api.base_url = settings.TWILIO_API_BASE_URL
     try:
-        yield client
+        async with asyncio.timeout(seconds):
+            yield client
     except TwilioRestException as error:
         raise TelephonyError(
             f"Twilio error {error.code}: {error.msg}", status=error.status, code=error.code
         ) from error
-    except OSError as error:
-        raise TelephonyError(f"Twilio could not be reached: {error}") from error
+    except TimeoutError as error:  # before OSError, of which it is a subclass
+        logger.warning("Twilio REST %s: no answer within %s s", operation, seconds)
+        unit = "second" if seconds == 1 else "seconds"
+        message = f"Twilio did not answer within {seconds:g} {unit}; try again."
+        raise TelephonyError(message) from error
+    except (OSError, aiohttp.ClientError) as error:
+        logger.warning("Twilio REST %s: could not reach Twilio: %r", operation, error)
+        raise TelephonyError(
+            "Twilio could not be reached; the details are in the server log."
+        ) from error
     finally:
         await http_client.close()
 
@@ -55,7 +75,7 @@ def _already_ended(error: TelephonyError) -> bool:
 async def call_complete(call_sid: str) -> bool:
     """Hang up. True if this request ended the call, False if it had already ended."""
     try:
-        async with _client() as client:
+        async with _client("hang-up") as client:
             await client.calls(call_sid).update_async(status="completed")
     except TelephonyError as error:
         if _already_ended(error):
@@ -65,15 +85,41 @@ async def call_complete(call_sid: str) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class TwilioCall:
+    """What Twilio's Call resource says about a call now."""
+
+    status: str  # queued, ringing, in-progress, completed, busy, failed, no-answer, canceled
+    duration_seconds: int | None  # set once the call has ended
+    end_time: datetime | None
+
+
+async def call_fetch(call_sid: str) -> TwilioCall | None:
+    """GET the call from Twilio; None when Twilio does not know it (404 / 20404)."""
+    try:
+        async with _client("call fetch") as client:
+            call = await client.calls(call_sid).fetch_async()
+    except TelephonyError as error:
+        if _already_ended(error):
+            return None
+        raise
+    try:
+        duration = int(call.duration) if call.duration not in (None, "") else None
+    except (TypeError, ValueError):
+        duration = None
+    end_time = call.end_time if isinstance(call.end_time, datetime) else None
+    return TwilioCall(status=str(call.status), duration_seconds=duration, end_time=end_time)
+
+
 async def call_update_twiml(call_sid: str, twiml: str) -> None:
     """Replace the call's running TwiML (for a transfer: a <Dial>)."""
-    async with _client() as client:
+    async with _client("TwiML update") as client:
         await client.calls(call_sid).update_async(twiml=twiml)
 
 
 async def call_create(*, to: str, from_: str, url: str, status_callback: str) -> str:
     """Place a call; Twilio fetches `url` for its TwiML once answered. Returns the CallSid."""
-    async with _client() as client:
+    async with _client("call create") as client:
         call = await client.calls.create_async(
             to=to,
             from_=from_,

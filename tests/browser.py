@@ -27,7 +27,7 @@ from .agent_harness import AsgiServer
 from .conftest import require_binary
 from .dashboard_helpers import PASSWORD
 
-# The flags testing.md lists for Chromium in a container, with no browser download.
+# The flags docs/testing.md lists for Chromium in a container, with no browser download.
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",

@@ -33,6 +33,15 @@ def daphne(log_path: Path, **overrides: str) -> Iterator[str]:
 
     Its output goes to `log_path`, which a failing test can show.
     """
+    with daphne_process(log_path, **overrides) as (url, _):
+        yield url
+
+
+@contextmanager
+def daphne_process(
+    log_path: Path, **overrides: str
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`daphne`, yielding the process as well: (http base URL, process)."""
     port = free_port()
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
@@ -52,4 +61,4 @@ def daphne(log_path: Path, **overrides: str) -> Iterator[str]:
             stderr=subprocess.STDOUT,
         )
         with listening(process, port):
-            yield f"http://127.0.0.1:{port}"
+            yield f"http://127.0.0.1:{port}", process

@@ -67,6 +67,15 @@ def test_an_action_is_refused_without_its_own_permission(client, call, twilio, a
 
 
 @pytest.mark.parametrize("action", PERMISSIONS)
+def test_an_action_needs_view_call_as_well_as_its_own_permission(client, call, twilio, action):
+    client.force_login(make_staff("blind", *PERMISSIONS.values(), "place_call"))
+    assert post(client, call, action, **JSON).status_code == 403
+    assert post(client, call, action).status_code == 403
+    assert twilio == {"complete": [], "twiml": []}
+    assert not CallEvent.objects.filter(call=call).exists()
+
+
+@pytest.mark.parametrize("action", PERMISSIONS)
 def test_a_plain_form_post_without_the_permission_gets_403(client, call, action):
     logged_in(client)
     assert post(client, call, action).status_code == 403

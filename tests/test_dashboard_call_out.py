@@ -38,6 +38,14 @@ def test_call_out_needs_its_own_permission(client, agent, twilio):
     assert twilio == []
 
 
+def test_call_out_needs_view_call_as_well(client, agent, twilio):
+    client.force_login(make_staff("blind", "place_call"))
+    assert client.get(PLACE).status_code == 403
+    response = client.post(PLACE, {"agent": agent.pk, "to_number": "+14155550111"})
+    assert response.status_code == 403
+    assert twilio == []
+
+
 def test_the_form_offers_active_agents_that_have_a_number(caller, agent):
     agent.__class__.objects.create(name="No number")
     agent.__class__.objects.create(name="Retired", phone_number="+14155550142", is_active=False)

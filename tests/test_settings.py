@@ -37,6 +37,13 @@ def shell_prints(code: str, **overrides: str) -> str:
     [
         ("DJANGO_SECRET_KEY", "", "DJANGO_SECRET_KEY is required"),
         ("DJANGO_SECRET_KEY", "short", "DJANGO_SECRET_KEY must be a random string"),
+        ("DJANGO_SECRET_KEY", "a" * 50, "DJANGO_SECRET_KEY must be a random string"),
+        ("DJANGO_SECRET_KEY", "abcd" * 20, "DJANGO_SECRET_KEY must be a random string"),
+        (
+            "DJANGO_SECRET_KEY",
+            "django-insecure-" + "0123456789abcdef" * 4,
+            "DJANGO_SECRET_KEY must be a random string",
+        ),
         ("PUBLIC_URL", "", "PUBLIC_URL is required"),
         ("PUBLIC_URL", "http://voicebot.example.com", "PUBLIC_URL must use https"),
         ("PUBLIC_URL", "voicebot.example.com", "PUBLIC_URL must look like"),
@@ -49,6 +56,11 @@ def shell_prints(code: str, **overrides: str) -> str:
         ("DATABASE_URL", "mysql://x", "DATABASE_URL must be"),
         ("OPENAI_REALTIME_URL", "https://api.openai.com", "OPENAI_REALTIME_URL must be"),
         ("TWILIO_SKIP_SIGNATURE_VALIDATION", "true", "may only be set with DJANGO_DEBUG"),
+        ("LOGIN_FAILURE_LIMIT", "0", "LOGIN_FAILURE_LIMIT and LOGIN_LOCKOUT_MINUTES must be"),
+        ("TRUSTED_PROXY_COUNT", "-1", "TRUSTED_PROXY_COUNT zero or more"),
+        ("MAX_REQUEST_BODY_BYTES", "0", "MAX_REQUEST_BODY_BYTES must be a positive"),
+        ("TWILIO_HTTP_TIMEOUT_SECONDS", "0", "TWILIO_HTTP_TIMEOUT_SECONDS must be a positive"),
+        ("TWILIO_HTTP_TIMEOUT_SECONDS", "soon", "TWILIO_HTTP_TIMEOUT_SECONDS must be a positive"),
     ],
 )
 def test_a_bad_production_setting_stops_start_up_and_names_the_variable(variable, value, message):

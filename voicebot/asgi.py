@@ -20,16 +20,22 @@ from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: 
 from django.urls import path  # noqa: E402
 
 from calls.consumers import LiveCallsConsumer, MediaStreamConsumer  # noqa: E402
+from calls.process import with_process_tasks  # noqa: E402
+from voicebot.limits import BodySizeLimit, limit_daphne_request_bodies  # noqa: E402
 
 
 def http_application(django_app=django_asgi_app):
     """Django over HTTP; in development it also serves static files, as runserver would.
 
     In production the proxy serves STATIC_ROOT (after collectstatic), so Python never does.
+    A body over MAX_REQUEST_BODY_BYTES is refused with 413 before it is read into memory.
     """
-    if settings.DEBUG:
-        return ASGIStaticFilesHandler(django_app)
-    return django_app
+    app = ASGIStaticFilesHandler(django_app) if settings.DEBUG else django_app
+    return BodySizeLimit(app, max_bytes=settings.MAX_REQUEST_BODY_BYTES)
+
+
+# daphne holds a whole body in memory before any middleware runs; refuse it as it arrives.
+limit_daphne_request_bodies(settings.MAX_REQUEST_BODY_BYTES)
 
 
 websocket_routes = URLRouter(
@@ -42,4 +48,7 @@ websocket_routes = URLRouter(
     ]
 )
 
-application = ProtocolTypeRouter({"http": http_application(), "websocket": websocket_routes})
+# Each server process also keeps its streams' heartbeat and may run the call reconciler.
+application = with_process_tasks(
+    ProtocolTypeRouter({"http": http_application(), "websocket": websocket_routes})
+)

@@ -6,9 +6,15 @@ with DJANGO_DEBUG on; in production a missing or bad variable stops start-up and
 """
 
 import os
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from django.core.checks.security.base import (
+    SECRET_KEY_INSECURE_PREFIX,
+    SECRET_KEY_MIN_LENGTH,
+    SECRET_KEY_MIN_UNIQUE_CHARACTERS,
+)
 from django.core.exceptions import ImproperlyConfigured
 from dotenv import load_dotenv
 
@@ -46,6 +52,20 @@ def env_int(name: str, default: int) -> int:
         raise ImproperlyConfigured(f"{name} must be an integer, not {raw!r}") from None
 
 
+def env_seconds(name: str, default: float) -> float:
+    """A positive duration in seconds (fractions allowed)."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise ImproperlyConfigured(f"{name} must be a positive number of seconds, not {raw!r}")
+    return value
+
+
 def env_list(name: str, default: str = "") -> list[str]:
     return [item.strip() for item in env_str(name, default).split(",") if item.strip()]
 
@@ -64,8 +84,18 @@ if not SECRET_KEY:
     if not DEBUG:
         require("DJANGO_SECRET_KEY", SECRET_KEY, _PRODUCTION)
     SECRET_KEY = "django-insecure-development-only-key-do-not-use-in-production"
-elif not DEBUG and (len(SECRET_KEY) < 50 or SECRET_KEY.startswith("django-insecure")):
-    raise ImproperlyConfigured("DJANGO_SECRET_KEY must be a random string of 50+ characters")
+elif not DEBUG and not (
+    # Django's own rule, the one `check --deploy` warns about (security.W009): a warning
+    # nobody reads does not protect sessions, password resets or CSRF tokens.
+    len(SECRET_KEY) >= SECRET_KEY_MIN_LENGTH
+    and len(set(SECRET_KEY)) >= SECRET_KEY_MIN_UNIQUE_CHARACTERS
+    and not SECRET_KEY.startswith(SECRET_KEY_INSECURE_PREFIX)
+):
+    raise ImproperlyConfigured(
+        f"DJANGO_SECRET_KEY must be a random string of {SECRET_KEY_MIN_LENGTH}+ characters "
+        f"with at least {SECRET_KEY_MIN_UNIQUE_CHARACTERS} different ones, not starting with "
+        f"{SECRET_KEY_INSECURE_PREFIX!r}"
+    )
 
 # PUBLIC_URL is the https base Twilio reaches us at. Signatures are computed over it, and the
 # TwiML we return points Twilio's stream at it, so it must be the outside address, not the
@@ -105,6 +135,10 @@ if not (TWILIO_ACCOUNT_SID.startswith("AC") and len(TWILIO_ACCOUNT_SID) == 34):
 if TWILIO_API_BASE_URL and urlsplit(TWILIO_API_BASE_URL).scheme not in {"http", "https"}:
     raise ImproperlyConfigured("TWILIO_API_BASE_URL must be an http(s) URL or empty")
 
+# Each REST operation (hang up, transfer, call out) must finish within this, or staff are told
+# Twilio did not answer and the caller is not left waiting in silence.
+TWILIO_HTTP_TIMEOUT_SECONDS = env_seconds("TWILIO_HTTP_TIMEOUT_SECONDS", 10.0)
+
 # Development only: accept unsigned webhooks, with a warning logged on every request.
 TWILIO_SKIP_SIGNATURE_VALIDATION = env_bool("TWILIO_SKIP_SIGNATURE_VALIDATION", False)
 if TWILIO_SKIP_SIGNATURE_VALIDATION and not DEBUG:
@@ -123,6 +157,30 @@ if STREAM_START_TIMEOUT_SECONDS < 1:
 if STREAM_UNAUTHENTICATED_MAX < 1:
     raise ImproperlyConfigured("STREAM_UNAUTHENTICATED_MAX must be at least 1")
 
+# Ghost calls. A process holding media streams writes that it is alive every
+# STREAM_HEARTBEAT_SECONDS (one UPDATE per process, none while it holds no stream); its
+# streams are lost once it is silent for STREAM_STALE_SECONDS. Every
+# RECONCILE_INTERVAL_SECONDS one reconciler (a lease in the database) asks Twilio about calls
+# whose stream is lost, and about calls still queued/ringing with no stream after
+# RECONCILE_UNANSWERED_GRACE_SECONDS, then resumes or truthfully ends them. CALL_RECONCILER
+# runs it inside each server process; `manage.py reconcile_calls` runs it on its own.
+STREAM_HEARTBEAT_SECONDS = env_seconds("STREAM_HEARTBEAT_SECONDS", 15.0)
+STREAM_STALE_SECONDS = env_seconds("STREAM_STALE_SECONDS", 40.0)
+RECONCILE_INTERVAL_SECONDS = env_seconds("RECONCILE_INTERVAL_SECONDS", 15.0)
+RECONCILE_UNANSWERED_GRACE_SECONDS = env_seconds("RECONCILE_UNANSWERED_GRACE_SECONDS", 30.0)
+CALL_RECONCILER = env_bool("CALL_RECONCILER", True)
+if STREAM_STALE_SECONDS <= 2 * STREAM_HEARTBEAT_SECONDS:
+    raise ImproperlyConfigured(
+        "STREAM_STALE_SECONDS must be more than twice STREAM_HEARTBEAT_SECONDS, or a living "
+        "process would look dead between two heartbeats"
+    )
+
+# Twilio's webhooks and the admin's forms are a few kilobytes; a larger body is refused (413)
+# before it is read into memory (voicebot/limits.py).
+MAX_REQUEST_BODY_BYTES = env_int("MAX_REQUEST_BODY_BYTES", 1024 * 1024)
+if MAX_REQUEST_BODY_BYTES <= 0:
+    raise ImproperlyConfigured("MAX_REQUEST_BODY_BYTES must be a positive number of bytes")
+
 OPENAI_API_KEY = env_str("OPENAI_API_KEY")
 OPENAI_REALTIME_URL = env_str("OPENAI_REALTIME_URL", "wss://api.openai.com/v1/realtime")
 if urlsplit(OPENAI_REALTIME_URL).scheme not in {"ws", "wss"}:
@@ -138,6 +196,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "channels",
     "phonenumber_field",
+    "axes",
     "calls",
     "agents",
 ]
@@ -150,6 +209,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes requires: turns a locked-out login into its lockout response.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "voicebot.urls"
@@ -212,6 +273,27 @@ if REDIS_URL:
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
+# Login throttling (django-axes): after LOGIN_FAILURE_LIMIT wrong passwords for one user name
+# from one address, that pair is locked out (even the right password is refused, HTTP 429)
+# for LOGIN_LOCKOUT_MINUTES. A superuser unlocks it sooner: admin -> Axes -> Access attempts
+# (delete the row), or `manage.py axes_reset` (everything) / `axes_reset_username NAME`.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("LOGIN_LOCKOUT_MINUTES", 15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+# The address whose failures count; behind proxies, taken from X-Forwarded-For from the right.
+TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 0)
+AXES_CLIENT_IP_CALLABLE = "voicebot.client_ip.client_ip"
+if AXES_FAILURE_LIMIT < 1 or AXES_COOLOFF_TIME <= timedelta(0) or TRUSTED_PROXY_COUNT < 0:
+    raise ImproperlyConfigured(
+        "LOGIN_FAILURE_LIMIT and LOGIN_LOCKOUT_MINUTES must be positive, "
+        "TRUSTED_PROXY_COUNT zero or more"
+    )
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -225,7 +307,9 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+# Where `manage.py collectstatic` puts the admin's and the console's files; in production the
+# proxy serves this directory at /static/ (deploy/nginx-voicebot.conf), never daphne.
+STATIC_ROOT = Path(env_str("STATIC_ROOT", str(BASE_DIR / "staticfiles")))
 
 PHONENUMBER_DB_FORMAT = "E164"
 PHONENUMBER_DEFAULT_FORMAT = "E164"
@@ -249,7 +333,13 @@ LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "formatters": {
+        # Escapes control characters: a newline from outside cannot start a forged line.
+        "plain": {
+            "class": "voicebot.log.EscapingFormatter",
+            "format": "%(asctime)s %(levelname)s %(name)s: %(message)s",
+        }
+    },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {

@@ -21,6 +21,9 @@ TEST_ENVIRONMENT = {
     "REDIS_URL": "",
     "DATABASE_URL": "",
     "LOG_LEVEL": "INFO",
+    # No reconciler in the suite's servers unless a test asks for one: it would ask Twilio
+    # about every test's calls.
+    "CALL_RECONCILER": "false",
 }
 os.environ.update(TEST_ENVIRONMENT)
 

@@ -62,7 +62,8 @@ _APPEND_PREFIX = '{"type":"input_audio_buffer.append","audio":"'
 _APPEND_SUFFIX = '"}'
 _DELTA_TYPE = "response.output_audio.delta"
 
-# Races the protocol makes unavoidable (protocols.md): harmless, logged at debug.
+# Races the protocol makes unavoidable: harmless, logged at debug.
+# (docs/openai-realtime.md#errors-benign-races-and-fatal-ones)
 BENIGN_ERROR_CODES = frozenset(
     {"conversation_already_has_active_response", "response_cancel_not_active"}
 )
@@ -85,7 +86,7 @@ _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 def session_config(config: AgentConfig) -> dict[str, Any]:
-    """The `session` of session.update, in the GA shape (protocols.md)."""
+    """The `session` of session.update, in the GA shape (docs/openai-realtime.md#sessionupdate)."""
     return {
         "type": "realtime",
         "model": config.model,
@@ -144,7 +145,7 @@ class OpenAIRealtimeBackend(Backend):
             self._ws = await connect(
                 url,
                 additional_headers={"Authorization": f"Bearer {self.api_key}"},
-                compression=None,  # base64 audio barely compresses (performance.md)
+                compression=None,  # base64 audio barely compresses (docs/performance.md)
                 max_size=MAX_MESSAGE_BYTES,
                 open_timeout=CONNECT_TIMEOUT_S,
                 close_timeout=CLOSE_TIMEOUT_S,

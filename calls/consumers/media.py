@@ -15,7 +15,7 @@ from callmedia.outbox import Outbox
 from callmedia.playback import PlaybackTracker
 from callmedia.tasks import TaskSet
 from callmedia.throttle import LogThrottle
-from calls import security, services
+from calls import process, security, services
 from calls.consumers.base import Pending, StreamingConsumer
 from calls.models import call_group_name
 from calls.session import AgentSession
@@ -140,6 +140,8 @@ class MediaStreamConsumer(StreamingConsumer):
         try:
             await self.end_stream("socket closed")
         finally:
+            if self.stream_sid:
+                process.stream_released(self.stream_sid)
             if self.group:
                 await self.channel_layer.group_discard(self.group, self.channel_name)
             await self._outbox.stop()
@@ -255,6 +257,7 @@ class MediaStreamConsumer(StreamingConsumer):
         self._tasks.owner = self.label
         self.group = call_group_name(opened.call_id)
         await self.channel_layer.group_add(self.group, self.channel_name)
+        await process.stream_held(self.stream_sid)  # its liveness: one heartbeat per process
         self._flush_before_start()
         logger.info("Call %s: stream %s started", self.call_sid, self.stream_sid)
         self.session = AgentSession(

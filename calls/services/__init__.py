@@ -5,7 +5,8 @@ these functions and nothing else writes calls. They are synchronous ORM code; as
 wrap them in `channels.db.database_sync_to_async`. The call control functions are async.
 
 Callers use the package's names (`services.call_hangup`); the modules split them by concern:
-webhooks, streams, transcripts (and the event log), control, outbound. What the staff feed
+webhooks, streams, transcripts (and the event log), control, outbound, liveness (which
+process holds which stream) and reconcile (ghost calls set right). What the staff feed
 sends is `calls.feed`'s; its names are re-exported here for existing callers.
 """
 
@@ -26,7 +27,25 @@ from .control import (
     call_send,
     call_transfer,
 )
+from .liveness import (
+    process_heartbeat,
+    process_stopped,
+    processes_prune,
+    stream_process_attach,
+)
 from .outbound import call_place_outbound, e164
+from .reconcile import (
+    Outcome,
+    call_mark_ended,
+    call_reconcile,
+    call_reconcile_claim,
+    call_reconciled_end,
+    call_resume_prepare,
+    calls_reconcile,
+    reconcile_candidates,
+    reconcile_lease_claim,
+    reconcile_lease_release,
+)
 from .streams import (
     STREAM_COUNTERS,
     StreamOpened,
@@ -49,6 +68,7 @@ __all__ = [
     "STREAM_COUNTERS",
     "SPEAKERS_AUDIBLE",
     "CallControlError",
+    "Outcome",
     "StreamOpened",
     "call_answer",
     "call_broadcast",
@@ -57,21 +77,34 @@ __all__ = [
     "call_end_record",
     "call_event_record",
     "call_hangup",
+    "call_mark_ended",
     "call_place_outbound",
     "call_play_audio",
+    "call_reconcile",
+    "call_reconcile_claim",
+    "call_reconciled_end",
+    "call_resume_prepare",
     "call_say",
     "call_send",
     "call_speaking_broadcast",
     "call_status_update",
     "call_summary",
     "call_transfer",
+    "calls_reconcile",
     "connect_ended_record",
     "dial_outcome_record",
     "e164",
     "live_broadcast",
+    "process_heartbeat",
+    "process_stopped",
+    "processes_prune",
+    "reconcile_candidates",
+    "reconcile_lease_claim",
+    "reconcile_lease_release",
     "stream_bad_message_record",
     "stream_close",
     "stream_open",
+    "stream_process_attach",
     "stream_status_record",
     "transcript_add",
     "transcript_interrupt",

@@ -19,6 +19,8 @@ from ..models import (
     CallStatus,
     Direction,
     EndReason,
+    MediaStream,
+    StreamStatus,
 )
 from .transcripts import call_event_record
 
@@ -89,6 +91,21 @@ def call_answer(
     return twiml.connect_stream(token=token)
 
 
+def _end_reason(call: Call, status: str) -> str:
+    """Why a call Twilio says has ended did end, as far as we know.
+
+    If a dead process still held its stream, the caller was hearing silence: the call
+    ended while the server was down, whoever hung up. Those streams are closed here.
+    """
+    lost = MediaStream.objects.filter(call=call).lost()
+    if not lost.exists():
+        return _END_REASON_BY_STATUS[status]
+    MediaStream.objects.filter(pk__in=list(lost.values_list("pk", flat=True))).update(
+        status=StreamStatus.ERROR, stopped_at=timezone.now(), last_error="server process lost"
+    )
+    return EndReason.SERVER_LOST
+
+
 def _status_moves_forward(call: Call, status: str, sequence: int | None) -> bool:
     if call.status in TERMINAL_STATUSES or status not in STATUS_RANK:
         return False
@@ -129,10 +146,11 @@ def call_status_update(
                 call.answered_at = at
             if status in TERMINAL_STATUSES:
                 call.ended_at = call.ended_at or at
+                reason = _end_reason(call, status)  # also closes streams a dead process held
                 # While our hang-up is with Twilio, its "completed" is that hang-up: the
                 # reason is the hang-up's to write, once it has taken effect (or failed).
                 if call.hangup_requested_at is None:
-                    call.end_reason = call.end_reason or _END_REASON_BY_STATUS[status]
+                    call.end_reason = call.end_reason or reason
         if duration_seconds is not None and call.duration_seconds is None:
             call.duration_seconds = duration_seconds
             changed.append("duration")

@@ -8,7 +8,7 @@ is in calls.session.endings; what is written to the database, in calls.session.r
 Rules it keeps:
 - `caller_audio` is the hot path: sync, O(1), no database, no awaits.
 - Barge-in sends `clear` before anything else, then truncates the model's item at what the
-  caller heard (protocols.md, pitfalls 1 and 2).
+  caller heard (docs/bridge-pitfalls.md, pitfalls 1 and 2).
 - Nothing is written per audio frame: transcripts per utterance, events per event.
 """
 

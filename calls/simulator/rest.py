@@ -4,6 +4,11 @@ Point a twilio client at it with ``client.api.base_url = emulator.base_url``. It
 the call requests the project makes (create, fetch, hang up, replace TwiML) in Twilio's
 shapes, including its JSON errors, records every request for assertions, and calls hooks
 so a simulated call can react (a hangup ends the media stream, a TwiML update hands it off).
+
+A fetch (GET) returns the Call resource as Twilio does: its status, and once it has ended
+its end time and duration (a string of whole seconds). A TwiML update is parsed: its
+``<Dial>`` numbers and its ``<Connect><Stream>`` (url and parameters, e.g. a resume's fresh
+stream token) are kept on the request.
 """
 
 from __future__ import annotations
@@ -47,6 +52,8 @@ class RestRequest:
     auth: tuple[str, str] | None
     status: int = 0
     dial_numbers: list[str] = field(default_factory=list)
+    # A TwiML update's <Connect><Stream>: its url and its <Parameter>s (None: none in it).
+    stream: ConnectStream | None = None
 
     @property
     def twiml(self) -> str | None:
@@ -55,6 +62,31 @@ class RestRequest:
     @property
     def is_hangup(self) -> bool:
         return self.form.get("Status") in ("completed", "canceled")
+
+
+@dataclass(frozen=True)
+class ConnectStream:
+    """The `<Connect><Stream>` of a TwiML document: where Twilio opens the stream, with what."""
+
+    url: str
+    parameters: dict[str, str]
+    action: str | None = None
+
+
+def twiml_connect_stream(twiml: str) -> ConnectStream | None:
+    """The first ``<Connect><Stream>`` in a TwiML document, or None."""
+    root = ET.fromstring(twiml)
+    for connect in root.iter("Connect"):
+        stream = connect.find("Stream")
+        if stream is not None:
+            parameters = {
+                parameter.get("name", ""): parameter.get("value", "")
+                for parameter in stream.iter("Parameter")
+            }
+            return ConnectStream(
+                url=stream.get("url", ""), parameters=parameters, action=connect.get("action")
+            )
+    return None
 
 
 @dataclass
@@ -134,6 +166,8 @@ class TwilioRestEmulator:
         """`port` 0 picks a free one; `on_request` sees each request once it is answered."""
         self.host, self.port = host, port
         self.on_request = on_request
+        # Seconds before each answer, as a slow Twilio takes (tests of timeouts and races).
+        self.response_delay_s = 0.0
         self.auto_register = auto_register
         self.auth_token = auth_token
         self.on_hangup = on_hangup
@@ -210,12 +244,31 @@ class TwilioRestEmulator:
             "direction": direction,
             "date_created": _rfc2822_now(),
         }
+        if status != "queued":
+            self.set_status(sid, status)
 
-    def set_status(self, sid: str, status: str) -> None:
-        """Move a call along (e.g. a created call answers: queued -> in-progress)."""
+    def set_status(self, sid: str, status: str, *, duration: int | None = None) -> None:
+        """Move a call along (e.g. a created call answers: queued -> in-progress).
+
+        As Twilio does, an answered call gets a start time, and an ended one an end time and
+        a duration in whole seconds (`duration` overrides the one measured here).
+        """
         if sid not in self.calls:
             raise KeyError(sid)
         self.calls[sid] = status
+        details = self._details[sid]
+        now = datetime.now(UTC)
+        if status == "in-progress" and details.get("answered") is None:
+            details["answered"] = now
+        if status in TERMINAL_STATUSES:
+            details["end_time"] = details.get("end_time") or format_datetime(now, usegmt=True)
+            answered = details.get("answered")
+            measured = int((now - answered).total_seconds()) if answered else 0
+            details["duration"] = duration if duration is not None else measured
+
+    def connect_streams(self, call_sid: str | None = None) -> list[RestRequest]:
+        """TwiML updates that gave a call a new `<Connect><Stream>`."""
+        return [r for r in self._updates(call_sid) if r.stream is not None]
 
     def fail_next(
         self,
@@ -273,6 +326,8 @@ class TwilioRestEmulator:
 
     async def _handle(self, request: web.Request) -> web.Response:
         form = await request.post() if request.method == "POST" else {}
+        if self.response_delay_s:
+            await asyncio.sleep(self.response_delay_s)
         calls_match = _CALLS_PATH.match(request.path)
         call_match = _CALL_PATH.match(request.path)
         match = call_match or calls_match
@@ -348,8 +403,7 @@ class TwilioRestEmulator:
         if record.is_hangup:
             if self.calls[sid] in TERMINAL_STATUSES:
                 return self._not_found(record.path)
-            self.calls[sid] = "completed"
-            self._details[sid]["end_time"] = _rfc2822_now()
+            self.set_status(sid, "completed")
             self._run_hook(self.on_hangup, sid)
         elif record.twiml is not None or "Url" in record.form:
             if self.calls[sid] in TERMINAL_STATUSES:
@@ -357,6 +411,7 @@ class TwilioRestEmulator:
             if record.twiml is not None:
                 try:
                     record.dial_numbers = twiml_dial_numbers(record.twiml)
+                    record.stream = twiml_connect_stream(record.twiml)
                 except ET.ParseError:
                     return twilio_error(400, 12100, "Document parse failure")
                 self._run_hook(self.on_twiml, sid, record.twiml)
@@ -381,9 +436,14 @@ class TwilioRestEmulator:
             "direction": details["direction"],
             "date_created": details["date_created"],
             "date_updated": _rfc2822_now(),
-            "start_time": details["date_created"],
+            "start_time": (
+                format_datetime(details["answered"], usegmt=True)
+                if details.get("answered")
+                else None
+            ),
             "end_time": details.get("end_time"),
-            "duration": None,
+            # Twilio's duration is a string of whole seconds, set once the call has ended.
+            "duration": None if details.get("duration") is None else str(details["duration"]),
             "price": None,
             "price_unit": "USD",
             "answered_by": None,
