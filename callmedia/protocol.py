@@ -21,6 +21,43 @@ MAX_MESSAGE_BYTES = 64 * 1024
 # which spares the hot path an encode() just to measure it.
 _MAX_CHARS_WITHOUT_ENCODING = MAX_MESSAGE_BYTES // 4
 
+# Bounds on every field, so that nothing out of shape reaches the session or the database
+# (docs/twilio-media-streams.md#field-bounds). Twilio's own values are far inside them.
+# Counters: 50 messages a second for a day is 4.3 million; this also fits any int column.
+MAX_COUNTER = 2**31 - 1
+# media.timestamp is ms since the stream started: twice Twilio's longest call (24 h).
+MAX_TIMESTAMP_MS = 48 * 3600 * 1000
+_MAX_COUNTER_DIGITS = len(str(MAX_COUNTER))
+# SIDs: two capital letters and 32 hex digits from Twilio; anything like it, short, passes.
+MAX_SID_CHARS = 64
+_SID_RE = re.compile(r"[A-Z]{2}[0-9A-Za-z]{1,62}")
+# Track names ("inbound", "outbound", "inbound_track") and protocol words ("Call", "1.0.0").
+MAX_WORD_CHARS = 32
+_WORD_RE = re.compile(r"[A-Za-z0-9_.\-]{1,32}")
+MAX_TRACKS = 4
+# Our mark names are short ("seg-12", "play-announcement-3"); Twilio echoes them as sent.
+MAX_MARK_NAME_CHARS = 256
+# Twilio: each <Parameter>'s name and value together stay under 500 characters.
+MAX_CUSTOM_PARAMETERS = 32
+MAX_CUSTOM_PARAMETER_CHARS = 500
+# mediaFormat is {"encoding", "sampleRate", "channels"}: a few short scalars.
+MAX_MEDIA_FORMAT_KEYS = 8
+MAX_MEDIA_FORMAT_VALUE_CHARS = 64
+# One inbound frame is 20 ms = 160 bytes = 216 base64 characters; a second of audio is
+# 10,668. More than that in one frame is not Twilio.
+MAX_MEDIA_PAYLOAD_CHARS = 10_668
+# The keys of a phone keypad: all Twilio reports in a `dtmf` event.
+DTMF_DIGITS = frozenset("0123456789*#")
+
+
+# Close codes for a stream we end for our own reasons (docs/twilio-media-streams.md#close-codes).
+# Servers may only send 1000 or 3000-4999 (RFC 6455, section 7.4.2): daphne's WebSocket
+# library refuses 1008, and the close used to fail with a traceback and a 1011.
+CLOSE_STREAM_REFUSED = 4001  # the `start` had no valid stream token for its call
+CLOSE_START_TIMEOUT = 4002  # no valid `start` within STREAM_START_TIMEOUT_SECONDS
+CLOSE_START_FAILED = 4003  # the `start` could not be recorded (e.g. the database is down)
+
+
 ProtocolErrorReason = Literal[
     "binary", "too_large", "not_json", "not_object", "unknown_event", "missing_field", "bad_value"
 ]
@@ -112,8 +149,8 @@ def parse(text: str | bytes) -> TwilioEvent:
         raise ProtocolError("not_object", f"message is a JSON {type(msg).__name__}, not an object")
 
     if msg.get("event") == "media":
-        # Hot path (50 frames/s per call): plain key access, and only when something
-        # is wrong fall back to the slow parser, which says exactly what.
+        # Hot path (50 frames/s per call): plain key access and cheap checks, and only when
+        # something is wrong fall back to the slow parser, which says exactly what.
         try:
             media = msg["media"]
             event = Media(
@@ -126,10 +163,17 @@ def parse(text: str | bytes) -> TwilioEvent:
             )
         except (KeyError, TypeError, ValueError):
             return _parse_media(msg)
+        payload = event.payload
         if (
-            type(event.payload) is str
+            type(payload) is str
             and type(event.stream_sid) is str
             and type(event.track) is str
+            and event.timestamp_ms <= MAX_TIMESTAMP_MS
+            and 0 < len(payload) <= MAX_MEDIA_PAYLOAD_CHARS
+            and not len(payload) % 4
+            and _SID_RE.fullmatch(event.stream_sid)
+            and _WORD_RE.fullmatch(event.track)
+            and _BASE64_RE.fullmatch(payload)
         ):
             return event
         return _parse_media(msg)
@@ -144,9 +188,14 @@ def parse(text: str | bytes) -> TwilioEvent:
 
 def _to_int(value: object) -> int:
     # Twilio sends counters as decimal strings; accept real ints too, never bools or floats.
-    if type(value) is str and value.isdigit():
-        return int(value)
-    if type(value) is int:
+    # Both are bounded before int() is asked to convert them (a 30-digit timestamp once
+    # reached the database and overflowed it).
+    if type(value) is str:
+        if len(value) <= _MAX_COUNTER_DIGITS and value.isdigit() and value.isascii():
+            number = int(value)
+            if number <= MAX_COUNTER:
+                return number
+    elif type(value) is int and 0 <= value <= MAX_COUNTER:
         return value
     raise ValueError(value)
 
@@ -173,14 +222,40 @@ def _str_field(obj: dict[str, Any], key: str, where: str = "") -> str:
     return value
 
 
-def _int_field(obj: dict[str, Any], key: str, where: str = "") -> int:
+def _int_field(
+    obj: dict[str, Any], key: str, where: str = "", *, maximum: int = MAX_COUNTER
+) -> int:
     value = _field(obj, key, where)
     try:
-        return _to_int(value)
+        number = _to_int(value)
     except ValueError:
+        number = -1
+    if not 0 <= number <= maximum:
         raise ProtocolError(
-            "bad_value", f"field '{where}{key}' must be a decimal integer, got {_brief(value)}"
-        ) from None
+            "bad_value",
+            f"field '{where}{key}' must be a decimal integer from 0 to {maximum}, "
+            f"got {_brief(value)}",
+        )
+    return number
+
+
+def _shaped_field(
+    obj: dict[str, Any], key: str, where: str, shape: re.Pattern[str], what: str
+) -> str:
+    value = _str_field(obj, key, where)
+    if not shape.fullmatch(value):
+        raise ProtocolError(
+            "bad_value", f"field '{where}{key}' must be {what}, got {_brief(value)}"
+        )
+    return value
+
+
+def _sid_field(obj: dict[str, Any], key: str, where: str = "") -> str:
+    return _shaped_field(obj, key, where, _SID_RE, f"a SID of at most {MAX_SID_CHARS} letters")
+
+
+def _word_field(obj: dict[str, Any], key: str, where: str = "") -> str:
+    return _shaped_field(obj, key, where, _WORD_RE, f"a word of at most {MAX_WORD_CHARS} chars")
 
 
 def _obj_field(obj: dict[str, Any], key: str, where: str = "") -> dict[str, Any]:
@@ -192,73 +267,142 @@ def _obj_field(obj: dict[str, Any], key: str, where: str = "") -> dict[str, Any]
     return value
 
 
+def _custom_parameters(start: dict[str, Any]) -> dict[str, str]:
+    # Twilio always sends customParameters, but an absent one means "no parameters".
+    params = start.get("customParameters", {})
+    if (
+        type(params) is not dict
+        or len(params) > MAX_CUSTOM_PARAMETERS
+        or not all(
+            type(value) is str
+            and len(name) + len(value) < MAX_CUSTOM_PARAMETER_CHARS
+            # Stored as JSON, and PostgreSQL's jsonb has no NUL character.
+            and "\x00" not in name
+            and "\x00" not in value
+            for name, value in params.items()
+        )
+    ):
+        raise ProtocolError(
+            "bad_value",
+            f"field 'start.customParameters' must map at most {MAX_CUSTOM_PARAMETERS} names "
+            f"to strings, each pair under {MAX_CUSTOM_PARAMETER_CHARS} characters, "
+            f"got {_brief(params)}",
+        )
+    return params
+
+
+def _media_format(start: dict[str, Any]) -> dict[str, Any]:
+    media_format = _obj_field(start, "mediaFormat", "start.")
+    if len(media_format) > MAX_MEDIA_FORMAT_KEYS or not all(
+        _WORD_RE.fullmatch(name)
+        and (
+            (
+                type(value) is str
+                and len(value) <= MAX_MEDIA_FORMAT_VALUE_CHARS
+                and "\x00" not in value  # stored as JSON: PostgreSQL's jsonb has no NUL
+            )
+            or (type(value) is int and 0 <= value <= MAX_COUNTER)
+        )
+        for name, value in media_format.items()
+    ):
+        raise ProtocolError(
+            "bad_value",
+            "field 'start.mediaFormat' must hold a few short strings and integers, "
+            f"got {_brief(media_format)}",
+        )
+    return media_format
+
+
 def _parse_connected(msg: dict[str, Any]) -> Connected:
-    return Connected(protocol=_str_field(msg, "protocol"), version=_str_field(msg, "version"))
+    return Connected(protocol=_word_field(msg, "protocol"), version=_word_field(msg, "version"))
 
 
 def _parse_start(msg: dict[str, Any]) -> Start:
     start = _obj_field(msg, "start")
     tracks = _field(start, "tracks", "start.")
-    if type(tracks) is not list or not all(type(t) is str for t in tracks):
-        raise ProtocolError(
-            "bad_value", f"field 'start.tracks' must be a list of strings, got {_brief(tracks)}"
-        )
-    # Twilio always sends customParameters, but an absent one means "no parameters".
-    params = start.get("customParameters", {})
-    if type(params) is not dict or not all(type(v) is str for v in params.values()):
+    if (
+        type(tracks) is not list
+        or len(tracks) > MAX_TRACKS
+        or not all(type(t) is str and _WORD_RE.fullmatch(t) for t in tracks)
+    ):
         raise ProtocolError(
             "bad_value",
-            f"field 'start.customParameters' must map names to strings, got {_brief(params)}",
+            f"field 'start.tracks' must be a list of at most {MAX_TRACKS} track names, "
+            f"got {_brief(tracks)}",
         )
     return Start(
         sequence_number=_int_field(msg, "sequenceNumber"),
-        stream_sid=_str_field(msg, "streamSid"),
-        call_sid=_str_field(start, "callSid", "start."),
-        account_sid=_str_field(start, "accountSid", "start."),
+        stream_sid=_sid_field(msg, "streamSid"),
+        call_sid=_sid_field(start, "callSid", "start."),
+        account_sid=_sid_field(start, "accountSid", "start."),
         tracks=tuple(tracks),
-        custom_parameters=params,
-        media_format=_obj_field(start, "mediaFormat", "start."),
+        custom_parameters=_custom_parameters(start),
+        media_format=_media_format(start),
     )
 
 
 def _parse_media(msg: dict[str, Any]) -> Media:
     media = _obj_field(msg, "media")
-    return Media(
+    event = Media(
         sequence_number=_int_field(msg, "sequenceNumber"),
-        stream_sid=_str_field(msg, "streamSid"),
-        track=_str_field(media, "track", "media."),
+        stream_sid=_sid_field(msg, "streamSid"),
+        track=_word_field(media, "track", "media."),
         chunk=_int_field(media, "chunk", "media."),
-        timestamp_ms=_int_field(media, "timestamp", "media."),
+        timestamp_ms=_int_field(media, "timestamp", "media.", maximum=MAX_TIMESTAMP_MS),
         payload=_str_field(media, "payload", "media."),
     )
+    payload = event.payload
+    if (
+        not 0 < len(payload) <= MAX_MEDIA_PAYLOAD_CHARS
+        or len(payload) % 4
+        or not _BASE64_RE.fullmatch(payload)
+    ):
+        raise ProtocolError(
+            "bad_value",
+            f"field 'media.payload' must be base64 of 1 to {MAX_MEDIA_PAYLOAD_CHARS} "
+            f"characters, got {_brief(payload)}",
+        )
+    return event
 
 
 def _parse_dtmf(msg: dict[str, Any]) -> Dtmf:
     dtmf = _obj_field(msg, "dtmf")
-    return Dtmf(
+    event = Dtmf(
         sequence_number=_int_field(msg, "sequenceNumber"),
-        stream_sid=_str_field(msg, "streamSid"),
-        track=_str_field(dtmf, "track", "dtmf."),
+        stream_sid=_sid_field(msg, "streamSid"),
+        track=_word_field(dtmf, "track", "dtmf."),
         digit=_str_field(dtmf, "digit", "dtmf."),
     )
+    if event.digit not in DTMF_DIGITS:
+        raise ProtocolError(
+            "bad_value", f"field 'dtmf.digit' must be one of 0-9 * #, got {_brief(event.digit)}"
+        )
+    return event
 
 
 def _parse_mark(msg: dict[str, Any]) -> Mark:
     mark = _obj_field(msg, "mark")
-    return Mark(
+    event = Mark(
         sequence_number=_int_field(msg, "sequenceNumber"),
-        stream_sid=_str_field(msg, "streamSid"),
+        stream_sid=_sid_field(msg, "streamSid"),
         name=_str_field(mark, "name", "mark."),
     )
+    if not 0 < len(event.name) <= MAX_MARK_NAME_CHARS:
+        raise ProtocolError(
+            "bad_value",
+            f"field 'mark.name' must have 1 to {MAX_MARK_NAME_CHARS} characters, "
+            f"got {_brief(event.name)}",
+        )
+    return event
 
 
 def _parse_stop(msg: dict[str, Any]) -> Stop:
     stop = _obj_field(msg, "stop")
     return Stop(
         sequence_number=_int_field(msg, "sequenceNumber"),
-        stream_sid=_str_field(msg, "streamSid"),
-        call_sid=_str_field(stop, "callSid", "stop."),
-        account_sid=_str_field(stop, "accountSid", "stop."),
+        stream_sid=_sid_field(msg, "streamSid"),
+        call_sid=_sid_field(stop, "callSid", "stop."),
+        account_sid=_sid_field(stop, "accountSid", "stop."),
     )
 
 

@@ -2,6 +2,7 @@ import base64
 import json
 
 import pytest
+from hypothesis import given
 
 from callmedia import protocol
 from callmedia.protocol import (
@@ -18,6 +19,8 @@ from callmedia.protocol import (
     parse,
 )
 from calls.simulator import wire
+
+from .stream_fuzz import bounds_problem, fuzz_settings, hostile_frames
 
 STREAM_SID = "MZ00000000000000000000000000000001"
 CALL_SID = "CA00000000000000000000000000000001"
@@ -328,3 +331,126 @@ def test_media_message_refuses_a_payload_that_is_not_base64_text(payload):
 def test_mark_message_refuses_a_name_that_is_not_a_non_empty_string(name):
     with pytest.raises(ValueError):
         mark_message(STREAM_SID, name)
+
+
+# --- parse: every field bounded before it reaches the session or the database -------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("timestamp", "1" * 30),  # once overflowed the transcript's offset column
+        ("timestamp", str(protocol.MAX_TIMESTAMP_MS + 1)),
+        ("timestamp", 10**30),
+        ("chunk", str(2**31)),
+        ("chunk", -1),
+        ("chunk", "٣"),  # a digit to str.isdigit, not to Twilio
+        ("payload", ""),
+        ("payload", "not base64!"),
+        ("payload", "A" * (protocol.MAX_MEDIA_PAYLOAD_CHARS + 4)),
+        ("track", "x" * 33),
+        ("track", "in bound"),
+    ],
+)
+def test_it_rejects_media_fields_out_of_range(field, value):
+    msg = media_dict()
+    msg["media"][field] = value
+    with pytest.raises(ProtocolError, match=f"media.{field}") as excinfo:
+        parse(dumps(msg))
+    assert excinfo.value.reason == "bad_value"
+
+
+@pytest.mark.parametrize("sid", ["", "MZ", "mz123", "MZ" + "0" * 63, "MZ 1", "MZ\u00e91", "MZ1\n"])
+def test_it_rejects_stream_sids_of_the_wrong_shape(sid):
+    with pytest.raises(ProtocolError, match="streamSid") as excinfo:
+        parse(dumps(media_dict(streamSid=sid)))
+    assert excinfo.value.reason == "bad_value"
+
+
+def test_it_rejects_a_sequence_number_beyond_the_counter_range():
+    assert reason_of(dumps(media_dict(sequenceNumber=str(protocol.MAX_COUNTER + 1)))) == "bad_value"
+    assert parse(dumps(media_dict(sequenceNumber=str(protocol.MAX_COUNTER)))).sequence_number
+
+
+@pytest.mark.parametrize("digit", ["", "A", "55", "x", "١"])
+def test_it_rejects_a_dtmf_digit_off_the_keypad(digit):
+    text = dumps(
+        {
+            "event": "dtmf",
+            "sequenceNumber": "5",
+            "streamSid": STREAM_SID,
+            "dtmf": {"track": "inbound_track", "digit": digit},
+        }
+    )
+    with pytest.raises(ProtocolError, match="dtmf.digit"):
+        parse(text)
+
+
+@pytest.mark.parametrize("digit", sorted(protocol.DTMF_DIGITS))
+def test_it_accepts_every_keypad_digit(digit):
+    text = wire.dtmf_message(stream_sid=STREAM_SID, sequence_number=5, digit=digit)
+    assert parse(text).digit == digit
+
+
+@pytest.mark.parametrize("name", ["", "m" * (protocol.MAX_MARK_NAME_CHARS + 1)])
+def test_it_rejects_mark_names_empty_or_too_long(name):
+    text = wire.mark_echo_message(stream_sid=STREAM_SID, sequence_number=6, name=name)
+    with pytest.raises(ProtocolError, match="mark.name"):
+        parse(text)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {f"p{i}": "v" for i in range(protocol.MAX_CUSTOM_PARAMETERS + 1)},
+        {"token": "x" * protocol.MAX_CUSTOM_PARAMETER_CHARS},
+        {"token": "a\x00b"},
+    ],
+)
+def test_it_rejects_custom_parameters_beyond_twilio_limits(params):
+    text = wire.start_message(
+        stream_sid=STREAM_SID,
+        call_sid=CALL_SID,
+        account_sid=ACCOUNT_SID,
+        sequence_number=1,
+        custom_parameters=params,
+    )
+    with pytest.raises(ProtocolError, match="customParameters"):
+        parse(text)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("tracks", ["inbound"] * 5),
+        ("tracks", ["x" * 40]),
+        ("mediaFormat", {"k": "v" * 65}),
+        ("mediaFormat", {"sampleRate": 10**20}),
+        ("mediaFormat", {"nested": {"a": 1}}),
+        ("callSid", "CA" + "1" * 63),
+    ],
+)
+def test_it_rejects_start_fields_out_of_shape(key, value):
+    msg = json.loads(
+        wire.start_message(
+            stream_sid=STREAM_SID,
+            call_sid=CALL_SID,
+            account_sid=ACCOUNT_SID,
+            sequence_number=1,
+            custom_parameters={},
+        )
+    )
+    msg["start"][key] = value
+    with pytest.raises(ProtocolError, match=f"start.{key}") as excinfo:
+        parse(dumps(msg))
+    assert excinfo.value.reason == "bad_value"
+
+
+@fuzz_settings
+@given(frame=hostile_frames(STREAM_SID, CALL_SID))
+def test_any_frame_parses_within_bounds_or_is_a_protocol_error(frame):
+    try:
+        event = parse(frame)
+    except ProtocolError:
+        return
+    assert bounds_problem(event) is None

@@ -8,7 +8,7 @@ import pytest
 from asgiref.sync import sync_to_async
 
 from agents.models import Agent, TransferTarget
-from callmedia import audio
+from callmedia import audio, protocol
 from calls import services
 from calls.consumers import MediaStreamConsumer
 from calls.models import Call, CallEvent, EndReason, MediaStream, StreamStatus
@@ -98,11 +98,11 @@ async def test_a_stream_with_a_valid_token_is_recorded(stream):
 
 
 @pytest.mark.parametrize("token", [None, "", "forged-token"])
-async def test_a_stream_without_a_valid_token_is_closed_with_1008(quiet_agent, realtime, token):
+async def test_a_stream_without_a_valid_token_is_closed_as_refused(quiet_agent, realtime, token):
     call_sid, _ = await answer_call()
     twilio = TwilioTestStream(call_sid=call_sid, token=token)
     await twilio.open()
-    assert await twilio.closed() == 1008
+    assert await twilio.closed() == protocol.CLOSE_STREAM_REFUSED
     events = [e async for e in CallEvent.objects.filter(kind="stream_refused")]
     assert len(events) == 1 and events[0].data["reason"]
     assert not await MediaStream.objects.aexists()
@@ -113,7 +113,7 @@ async def test_a_token_for_another_call_is_refused(quiet_agent, realtime):
     other_sid, _ = await answer_call()
     twilio = TwilioTestStream(call_sid=other_sid, token=token)
     await twilio.open()
-    assert await twilio.closed() == 1008
+    assert await twilio.closed() == protocol.CLOSE_STREAM_REFUSED
 
 
 async def test_a_token_works_only_once(quiet_agent, realtime):
@@ -123,7 +123,7 @@ async def test_a_token_works_only_once(quiet_agent, realtime):
     await realtime.wait_for_session()
     replay = TwilioTestStream(call_sid=call_sid, token=token)
     await replay.open()
-    assert await replay.closed() == 1008
+    assert await replay.closed() == protocol.CLOSE_STREAM_REFUSED
     assert await first.nothing_received()
     await first.disconnect()
 
@@ -133,7 +133,7 @@ async def test_an_expired_token_is_refused(quiet_agent, realtime, settings):
     settings.STREAM_TOKEN_MAX_AGE_SECONDS = -1
     twilio = TwilioTestStream(call_sid=call_sid, token=token)
     await twilio.open()
-    assert await twilio.closed() == 1008
+    assert await twilio.closed() == protocol.CLOSE_STREAM_REFUSED
     event = await CallEvent.objects.aget(kind="stream_refused")
     assert event.data["reason"] == "expired stream token"
 
@@ -152,6 +152,57 @@ async def test_a_valid_upgrade_signature_is_accepted(quiet_agent, realtime):
     await twilio.open()
     await realtime.wait_for_session()
     await twilio.disconnect()
+
+
+# --- sockets that never start --------------------------------------------------------------
+
+
+async def test_a_socket_that_sends_no_start_is_closed_after_the_timeout(quiet_agent, settings):
+    settings.STREAM_START_TIMEOUT_SECONDS = 1
+    twilio = TwilioTestStream(call_sid="CA" + "0" * 32, token=None)
+    loop = asyncio.get_running_loop()
+    opened = loop.time()
+    assert await twilio.connect()
+    await twilio.send(wire.connected_message())
+    await twilio.send("junk before start")
+    assert await twilio.closed(timeout=5) == protocol.CLOSE_START_TIMEOUT
+    assert 0.9 <= loop.time() - opened < 3
+
+
+async def test_a_valid_start_is_not_timed_out(quiet_agent, realtime, settings):
+    settings.STREAM_START_TIMEOUT_SECONDS = 1
+    call_sid, token = await answer_call()
+    twilio = TwilioTestStream(call_sid=call_sid, token=token)
+    await twilio.open()
+    session = await realtime.wait_for_session()
+    assert await twilio.nothing_received(timeout=1.5)
+    await twilio.media(count=2)
+    await session.wait_for(lambda: session.appended_bytes >= 2 * audio.FRAME_BYTES)
+    await twilio.disconnect()
+
+
+async def test_sockets_waiting_for_their_start_are_capped(quiet_agent, realtime, settings):
+    settings.STREAM_UNAUTHENTICATED_MAX = 2
+    call_sid, token = await answer_call()
+    started = TwilioTestStream(call_sid=call_sid, token=token)
+    await started.open()
+    await realtime.wait_for_session()  # authenticated: it no longer counts
+    waiting = [TwilioTestStream(call_sid="CA" + "0" * 32, token=None) for _ in range(2)]
+    for twilio in waiting:
+        assert await twilio.connect()
+    over = TwilioTestStream(call_sid="CA" + "0" * 32, token=None)
+    assert not await over.connect()  # refused at once, before the upgrade completes
+    await waiting[0].disconnect()
+    again = TwilioTestStream(call_sid="CA" + "0" * 32, token=None)
+    for _ in range(50):  # the freed place is given back once the consumer has unwound
+        if await again.connect():
+            break
+        await asyncio.sleep(0.02)
+        again = TwilioTestStream(call_sid="CA" + "0" * 32, token=None)
+    else:
+        raise AssertionError("no place freed after a waiting socket left")
+    for twilio in (waiting[1], again, started):
+        await twilio.disconnect()
 
 
 # --- each message type ------------------------------------------------------------------
@@ -358,6 +409,46 @@ async def test_a_failed_hangup_is_reported_and_can_be_retried(stream, rest):
     assert await stream.closed() == 1000
     kinds = await event_kinds(stream)
     assert kinds.index("hangup_failed") < len(kinds) - 1
+
+
+async def test_a_failed_hangup_leaves_its_reason_off_a_call_the_caller_then_ends(stream, rest):
+    rest.fail_next("POST", status=500, code=20500, message="Internal Server Error")
+    call = await call_of(stream)
+    with pytest.raises(services.CallControlError, match="Hang-up failed"):
+        await services.call_hangup(
+            call_id=str(call.id), actor="staff", reason=EndReason.STAFF_HANGUP
+        )
+    assert (await call_of(stream)).end_reason == ""
+    await stop_and_wait(stream)  # then the caller hangs up
+    call = await call_of(stream)
+    assert (call.status, call.end_reason) == ("completed", EndReason.CALLER_HANGUP)
+
+
+async def test_a_failed_hangup_leaves_its_reason_off_a_call_twilio_reports_ended(stream, rest):
+    rest.fail_next("POST", status=500, code=20500, message="Internal Server Error")
+    call = await call_of(stream)
+    with pytest.raises(services.CallControlError, match="Hang-up failed"):
+        await services.call_hangup(
+            call_id=str(call.id), actor="staff", reason=EndReason.STAFF_HANGUP
+        )
+    await sync_to_async(services.call_status_update)(call_sid=stream.call_sid, status="completed")
+    call = await call_of(stream)
+    assert (call.status, call.end_reason) == ("completed", EndReason.CALLER_HANGUP)
+
+
+async def test_a_hangup_keeps_its_reason_when_twilio_reports_the_end_first(stream, rest):
+    # Twilio's "completed" callback may beat the REST response that confirms our hang-up.
+    call = await call_of(stream)
+    rest.on_hangup = lambda sid: reported.set()
+    reported = asyncio.Event()
+    hangup = asyncio.create_task(
+        services.call_hangup(call_id=str(call.id), actor="staff", reason=EndReason.STAFF_HANGUP)
+    )
+    await reported.wait()
+    await sync_to_async(services.call_status_update)(call_sid=stream.call_sid, status="completed")
+    assert await hangup
+    call = await call_of(stream)
+    assert (call.status, call.end_reason) == ("completed", EndReason.STAFF_HANGUP)
 
 
 async def test_transfer_dials_the_target_and_the_following_stop_is_not_a_hangup(stream, rest):

@@ -146,6 +146,16 @@ if TWILIO_SKIP_SIGNATURE_VALIDATION and not DEBUG:
 
 # How long the stream token in the TwiML stays valid; Twilio opens the stream within seconds.
 STREAM_TOKEN_MAX_AGE_SECONDS = env_int("STREAM_TOKEN_MAX_AGE_SECONDS", 300)
+# Anyone can open the media stream socket. One that has not sent a valid `start` (Twilio's
+# comes within a second) is closed after this long, and each process holds at most
+# STREAM_UNAUTHENTICATED_MAX of them: further upgrades are refused at once, so strangers
+# cannot use up the file descriptors that webhooks and calls need.
+STREAM_START_TIMEOUT_SECONDS = env_int("STREAM_START_TIMEOUT_SECONDS", 5)
+STREAM_UNAUTHENTICATED_MAX = env_int("STREAM_UNAUTHENTICATED_MAX", 200)
+if STREAM_START_TIMEOUT_SECONDS < 1:
+    raise ImproperlyConfigured("STREAM_START_TIMEOUT_SECONDS must be at least 1")
+if STREAM_UNAUTHENTICATED_MAX < 1:
+    raise ImproperlyConfigured("STREAM_UNAUTHENTICATED_MAX must be at least 1")
 
 # Ghost calls. A process holding media streams writes that it is alive every
 # STREAM_HEARTBEAT_SECONDS (one UPDATE per process, none while it holds no stream); its

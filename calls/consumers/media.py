@@ -7,12 +7,14 @@ from collections.abc import Awaitable
 from typing import Any
 
 from channels.db import database_sync_to_async
+from django.conf import settings
 
 from callmedia import protocol
 from callmedia.audio import FRAME_BYTES
 from callmedia.outbox import Outbox
 from callmedia.playback import PlaybackTracker
 from callmedia.tasks import TaskSet
+from callmedia.throttle import LogThrottle
 from calls import process, security, services
 from calls.consumers.base import Pending, StreamingConsumer
 from calls.models import call_group_name
@@ -20,8 +22,15 @@ from calls.session import AgentSession
 
 logger = logging.getLogger(__name__)
 
-# WebSocket close code for a policy violation: a stream we will not serve.
-CLOSE_POLICY_VIOLATION = 1008
+# What strangers make us log (refusals, streams that never start) stays this many lines a
+# minute per kind, then one summary line: a flood of refusals must not fill the disk.
+STRANGER_LOG_LINES_PER_MINUTE = 10
+_strangers = LogThrottle(logger, limit=STRANGER_LOG_LINES_PER_MINUTE, window_s=60.0)
+
+# This process's sockets that are open but have not yet sent a valid `start`: anyone can
+# open one, so they are capped (STREAM_UNAUTHENTICATED_MAX) and timed out
+# (STREAM_START_TIMEOUT_SECONDS) before they use up the process's file descriptors.
+_unauthenticated: set["MediaStreamConsumer"] = set()
 
 _open_stream = database_sync_to_async(services.stream_open)
 _close_stream = database_sync_to_async(services.stream_close)
@@ -62,12 +71,23 @@ class MediaStreamConsumer(StreamingConsumer):
         self._bad_reasons: set[str] = set()
         self._ended = False
         self._socket_closed = False
+        self._start_deadline: asyncio.Task[None] | None = None
 
     @property
     def label(self) -> str:
         return f"Call {self.call_sid or '?'}"
 
     # --- the socket's life ------------------------------------------------------------------
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            # However the socket ended (even cancelled by the server), it leaves nothing
+            # behind: no place under the cap, no writer, no task.
+            _unauthenticated.discard(self)
+            await self._outbox.stop()
+            await self._tasks.close()
 
     async def connect(self) -> None:
         signature = dict(self.scope["headers"]).get(b"x-twilio-signature")
@@ -76,11 +96,44 @@ class MediaStreamConsumer(StreamingConsumer):
         if signature is not None and not security.signature_is_valid(
             security.stream_url(), {}, signature.decode("latin-1")
         ):
-            logger.warning("Refused a media stream upgrade with a wrong signature")
+            _strangers.log(
+                logging.WARNING,
+                "upgrades_with_a_wrong_signature",
+                "Refused a media stream upgrade with a wrong signature",
+            )
+            await self.close()  # before accept: the upgrade is answered 403
+            return
+        if len(_unauthenticated) >= settings.STREAM_UNAUTHENTICATED_MAX:
+            _strangers.log(
+                logging.WARNING,
+                "upgrades_over_the_limit",
+                "Refused a media stream upgrade: %d sockets already wait for their start "
+                "(STREAM_UNAUTHENTICATED_MAX)",
+                len(_unauthenticated),
+            )
             await self.close()
             return
+        _unauthenticated.add(self)
         await self.accept()
         self._outbox.start()
+        self._start_deadline = self._tasks.spawn(
+            self._close_unless_started(settings.STREAM_START_TIMEOUT_SECONDS),
+            "stream-start-deadline",
+        )
+
+    async def _close_unless_started(self, timeout_s: float) -> None:
+        # Twilio sends `start` right after `connected`, within a second of the upgrade.
+        await asyncio.sleep(timeout_s)
+        async with self._handling:  # a `start` being checked finishes first
+            if self.stream_sid is not None or self._ended:
+                return
+            _strangers.log(
+                logging.WARNING,
+                "streams_without_a_start",
+                "Closed a media stream that sent no valid start within %s s",
+                timeout_s,
+            )
+            await self.end_stream("no start", code=protocol.CLOSE_START_TIMEOUT)
 
     async def disconnect(self, code: int) -> None:
         self._socket_closed = True
@@ -160,7 +213,7 @@ class MediaStreamConsumer(StreamingConsumer):
         return None
 
     async def _start(self, event: protocol.Start) -> None:
-        if self.stream_sid is not None:
+        if self.stream_sid is not None or self._ended:
             self._bad_message("duplicate_start", f"second start for {event.stream_sid}")
             return
         try:
@@ -172,9 +225,32 @@ class MediaStreamConsumer(StreamingConsumer):
                 media_format=event.media_format,
                 tracks=list(event.tracks),
             )
-        except security.StreamTokenError:
-            await self.end_stream("refused", code=CLOSE_POLICY_VIOLATION)
+        except security.StreamTokenError as error:
+            # The parser has bounded both SIDs to short alphanumerics: safe to log.
+            _strangers.log(
+                logging.WARNING,
+                "refused_streams",
+                "Refused media stream %s for call %s: %s",
+                event.stream_sid,
+                event.call_sid,
+                error,
+            )
+            await self.end_stream("refused", code=protocol.CLOSE_STREAM_REFUSED)
             return
+        except Exception as error:
+            _strangers.log(
+                logging.ERROR,
+                "failed_starts",
+                "Could not record media stream %s for call %s: %r",
+                event.stream_sid,
+                event.call_sid,
+                error,
+            )
+            await self.end_stream("start failed", code=protocol.CLOSE_START_FAILED)
+            return
+        _unauthenticated.discard(self)
+        if self._start_deadline is not None:
+            self._start_deadline.cancel()
         self.call_id, self.call_sid = opened.call_id, opened.call_sid
         self.stream_sid = event.stream_sid
         self._tasks.owner = self.label
@@ -201,15 +277,24 @@ class MediaStreamConsumer(StreamingConsumer):
             logger.debug("Call %s: bad stream message (%s): %s", self.call_sid, reason, detail)
             return
         self._bad_reasons.add(reason)
-        logger.warning("Call %s: bad stream message (%s): %s", self.call_sid or "?", reason, detail)
-        if self.call_id:
-            record = _record_bad_message(
-                call_id=self.call_id,
-                stream_sid=self.stream_sid or "",
-                reason=reason,
-                detail=detail,
+        if not self.call_id:
+            # Before a valid `start`, the sender is a stranger: its junk is logged sparingly.
+            _strangers.log(
+                logging.WARNING,
+                "bad_messages_before_start",
+                "Bad media stream message before start (%s): %s",
+                reason,
+                detail,
             )
-            self._tasks.spawn(record, "stream-bad-message")
+            return
+        logger.warning("Call %s: bad stream message (%s): %s", self.call_sid, reason, detail)
+        record = _record_bad_message(
+            call_id=self.call_id,
+            stream_sid=self.stream_sid or "",
+            reason=reason,
+            detail=detail,
+        )
+        self._tasks.spawn(record, "stream-bad-message")
 
     # --- the port: what the agent session plays and learns through ----------------------
 

@@ -63,6 +63,7 @@ from .streams import (
 from .transcripts import call_event_record, transcript_add, transcript_interrupt
 from .webhooks import (
     call_answer,
+    call_end_reason_by_status,
     call_end_record,
     call_status_update,
     connect_ended_record,
@@ -83,6 +84,7 @@ __all__ = [
     "call_answer",
     "call_broadcast",
     "call_clear_audio",
+    "call_end_reason_by_status",
     "call_end_record",
     "call_event_record",
     "call_hangup",

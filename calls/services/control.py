@@ -29,7 +29,7 @@ from .. import telephony, twiml
 from ..feed import call_broadcast
 from ..models import Call, EndReason, MediaStream, StreamStatus, call_group_name
 from .transcripts import call_event_record
-from .webhooks import call_end_record
+from .webhooks import call_end_reason_by_status, call_end_record
 
 logger = logging.getLogger(__name__)
 
@@ -173,9 +173,10 @@ def _hangup_claim(call_id: str, reason: str, actor: str, user: Any) -> Call | No
                 data={"reason": reason, "why": "already ended or being hung up"},
             )
             return None
+        # The end reason waits until Twilio has done it: a hang-up that fails must not
+        # leave its reason on a call that later ends some other way.
         call.hangup_requested_at = timezone.now()
-        call.end_reason = call.end_reason or reason
-        call.save(update_fields=["hangup_requested_at", "end_reason"])
+        call.save(update_fields=["hangup_requested_at"])
         call_event_record(call=call, kind="hangup", actor=actor, user=user, data={"reason": reason})
         return call
 
@@ -185,7 +186,11 @@ def _hangup_release(call_id: str, actor: str, user: Any, error: str) -> None:
     with transaction.atomic():
         call = Call.objects.select_for_update().get(pk=call_id)
         call.hangup_requested_at = None
-        call.save(update_fields=["hangup_requested_at"])
+        # The call may have ended meanwhile (the caller left); its reason was held back
+        # for this hang-up, which did not happen: give it the reason it ended with.
+        if not call.is_live and not call.end_reason:
+            call.end_reason = call_end_reason_by_status(call.status)
+        call.save(update_fields=["hangup_requested_at", "end_reason"])
         call_event_record(
             call=call, kind="hangup_failed", actor=actor, user=user, data={"error": error}
         )
@@ -207,7 +212,9 @@ async def call_hangup(*, call_id: str, actor: str, reason: str, user: Any = None
     except telephony.TelephonyError as error:
         await _hangup_release(str(call_id), actor, user, str(error))
         raise CallControlError(f"Hang-up failed: {error}") from error
-    await database_sync_to_async(call_end_record)(call_id=str(call_id), reason=reason, actor=actor)
+    await database_sync_to_async(call_end_record)(
+        call_id=str(call_id), reason=reason, actor=actor, hung_up=True
+    )
     note = await _tell_stream(
         str(call_id), {"type": "call.close", "reason": reason}, "hangup", actor, user
     )

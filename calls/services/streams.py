@@ -62,7 +62,7 @@ def stream_open(
         if not consumed:
             raise security.StreamTokenError("stream token already used or replaced")
     except security.StreamTokenError as error:
-        logger.warning("Stream %s for call %s refused: %s", stream_sid, call_sid, error)
+        # The consumer logs the refusal (rate-limited: anyone can send a `start`).
         if call is not None:
             call_event_record(
                 call=call,

@@ -35,6 +35,11 @@ _END_REASON_BY_STATUS = {
 }
 
 
+def call_end_reason_by_status(status: str) -> str:
+    """Why a call ended, as far as its final status says."""
+    return _END_REASON_BY_STATUS.get(status, EndReason.CALLER_HANGUP)
+
+
 def call_answer(
     *,
     call_sid: str,
@@ -148,7 +153,11 @@ def call_status_update(
                 call.answered_at = at
             if status in TERMINAL_STATUSES:
                 call.ended_at = call.ended_at or at
-                call.end_reason = call.end_reason or _end_reason(call, status)
+                reason = _end_reason(call, status)  # also closes streams a dead process held
+                # While our hang-up is with Twilio, its "completed" is that hang-up: the
+                # reason is the hang-up's to write, once it has taken effect (or failed).
+                if call.hangup_requested_at is None:
+                    call.end_reason = call.end_reason or reason
         if duration_seconds is not None and call.duration_seconds is None:
             call.duration_seconds = duration_seconds
             changed.append("duration")
@@ -165,19 +174,32 @@ def call_status_update(
     return call
 
 
-def call_end_record(*, call_id: str, reason: str, actor: str) -> Call | None:
+def call_end_record(
+    *, call_id: str, reason: str, actor: str, hung_up: bool = False
+) -> Call | None:
     """We know the call is over (hung up through REST, the caller left, the dial ended).
 
     Twilio's status callback says so too, but only where the number has one configured;
     this keeps the live view right without it. The callback may still fill the duration.
+
+    `hung_up`: our REST hang-up has taken effect, and `reason` is its reason. Any other
+    ending seen while that hang-up was with Twilio (its own `stop`, its status callback)
+    leaves the reason to it.
     """
     with transaction.atomic():
         call = Call.objects.select_for_update().filter(pk=call_id).first()
-        if call is None or not call.is_live:
+        if call is None:
+            return call
+        if not call.is_live:
+            if hung_up and not call.end_reason:
+                call.end_reason = reason
+                call.save(update_fields=["end_reason"])
+                call_broadcast(call)
             return call
         call.status = CallStatus.COMPLETED
         call.ended_at = timezone.now()
-        call.end_reason = call.end_reason or reason
+        if hung_up or call.hangup_requested_at is None:
+            call.end_reason = call.end_reason or reason
         call.save(update_fields=["status", "ended_at", "end_reason"])
         call_event_record(call=call, kind="ended", actor=actor, data={"reason": call.end_reason})
         call_broadcast(call)

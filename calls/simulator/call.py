@@ -37,6 +37,7 @@ from django.urls import reverse
 from websockets.exceptions import InvalidHandshake, InvalidStatus
 
 from callmedia.audio import BYTES_PER_MS, duration_ms, ulaw_to_wav, wav_to_ulaw
+from callmedia.protocol import CLOSE_START_FAILED, CLOSE_START_TIMEOUT, CLOSE_STREAM_REFUSED
 from calls import security
 
 from .rest import API_VERSION, TwilioRestEmulator, twiml_dial_numbers
@@ -51,8 +52,12 @@ DTMF_GAP_S = 0.25
 QUIET_S = 1.2
 DATABASE_POLL_S = 0.5
 
-# Why the server may close the stream, by WebSocket close code (see calls.consumers).
-CLOSE_CODES = {1008: ": it refused the stream, e.g. a bad, expired or reused stream token"}
+# Why the server may close the stream, by WebSocket close code (see callmedia.protocol).
+CLOSE_CODES = {
+    CLOSE_STREAM_REFUSED: ": it refused the stream, e.g. a bad, expired or reused stream token",
+    CLOSE_START_TIMEOUT: ": no valid start reached it in time",
+    CLOSE_START_FAILED: ": it could not record the stream; see its log",
+}
 
 ActionKind = Literal["dtmf", "say", "audio"]
 LogCallback = Callable[[str], object]
