@@ -20,6 +20,10 @@ from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: 
 from django.urls import path  # noqa: E402
 
 from calls.consumers import LiveCallsConsumer, MediaStreamConsumer  # noqa: E402
+from voicebot import shutdown  # noqa: E402
+
+# Under daphne: on SIGTERM/SIGINT, hand live calls to another process before exiting.
+shutdown.install()
 
 
 def http_application(django_app=django_asgi_app):

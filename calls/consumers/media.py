@@ -13,7 +13,7 @@ from callmedia.audio import FRAME_BYTES
 from callmedia.outbox import Outbox
 from callmedia.playback import PlaybackTracker
 from callmedia.tasks import TaskSet
-from calls import security, services
+from calls import drain, security, services
 from calls.consumers.base import Pending, StreamingConsumer
 from calls.models import call_group_name
 from calls.session import AgentSession
@@ -22,6 +22,10 @@ logger = logging.getLogger(__name__)
 
 # WebSocket close code for a policy violation: a stream we will not serve.
 CLOSE_POLICY_VIOLATION = 1008
+# The server is going away: a drained stream (the call resumes on another process).
+CLOSE_GOING_AWAY = 1001
+# While draining, how often a call is checked for a quiet moment to hand it over.
+HANDOVER_POLL_S = 0.05
 
 _open_stream = database_sync_to_async(services.stream_open)
 _close_stream = database_sync_to_async(services.stream_close)
@@ -62,6 +66,7 @@ class MediaStreamConsumer(StreamingConsumer):
         self._bad_reasons: set[str] = set()
         self._ended = False
         self._socket_closed = False
+        self._handover: asyncio.Task[None] | None = None
 
     @property
     def label(self) -> str:
@@ -96,6 +101,7 @@ class MediaStreamConsumer(StreamingConsumer):
         """End the call's stream, once: stop the session, record the stream, close the socket."""
         if not self._ended:
             self._ended = True
+            drain.unregister(self)
             self._resolve_waiters(False)
             if self.session is not None:
                 try:
@@ -107,6 +113,7 @@ class MediaStreamConsumer(StreamingConsumer):
                     stream_sid=self.stream_sid,
                     counters=dict(self.counters),
                     caller_left=reason == "stop",
+                    handed_over=reason == drain.HANDOVER,
                 )
                 logger.info("Call %s: stream %s ended (%s)", self.call_sid, self.stream_sid, reason)
         if self._socket_closed:
@@ -181,10 +188,54 @@ class MediaStreamConsumer(StreamingConsumer):
         await self.channel_layer.group_add(self.group, self.channel_name)
         self._flush_before_start()
         logger.info("Call %s: stream %s started", self.call_sid, self.stream_sid)
+        if drain.draining():
+            # This process is shutting down: the call goes on on another one.
+            await self.end_stream(drain.HANDOVER, code=CLOSE_GOING_AWAY)
+            return
+        drain.register(self)
         self.session = AgentSession(
-            self, call_id=opened.call_id, call_sid=opened.call_sid, agent_id=opened.agent_id
+            self,
+            call_id=opened.call_id,
+            call_sid=opened.call_sid,
+            agent_id=opened.agent_id,
+            resumed_at_ms=opened.resumed_at_ms,
         )
         await self.session.start()
+
+    # --- draining: the call moves to another process ---------------------------------------
+
+    def hand_over(self) -> Awaitable[None]:
+        """Close the stream at the call's next quiet moment, recorded as a handover.
+
+        Twilio then requests our <Connect action>, which resumes the call on a new stream.
+        Idempotent: the drain and the consumer's own cancellation await the same task.
+        """
+        if self._handover is None:
+            self._handover = asyncio.ensure_future(self._hand_over())
+        return asyncio.shield(self._handover)
+
+    async def _hand_over(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._ended and loop.time() < drain.force_at():
+            session = self.session
+            if session is None or session.is_quiet():
+                break
+            await asyncio.sleep(HANDOVER_POLL_S)
+        if not self._ended:
+            await self.end_stream(drain.HANDOVER, code=CLOSE_GOING_AWAY)
+
+    async def server_stopping(self) -> bool:
+        """daphne cancels every connection as it shuts down: while draining, hand over first."""
+        if not drain.draining():
+            return False
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+        try:
+            await self.hand_over()
+        finally:
+            await self.disconnect(CLOSE_GOING_AWAY)
+        return True
 
     def _mark_echoed(self, name: str) -> None:
         self.counters["marks_received"] += 1

@@ -26,6 +26,7 @@ from .control import (
     call_send,
     call_transfer,
 )
+from .handover import stream_handover_record, stream_resume_token
 from .outbound import call_place_outbound, e164
 from .streams import (
     STREAM_COUNTERS,
@@ -35,7 +36,12 @@ from .streams import (
     stream_open,
     stream_status_record,
 )
-from .transcripts import call_event_record, transcript_add, transcript_interrupt
+from .transcripts import (
+    call_event_record,
+    transcript_add,
+    transcript_history,
+    transcript_interrupt,
+)
 from .webhooks import (
     call_answer,
     call_end_record,
@@ -69,9 +75,12 @@ __all__ = [
     "live_broadcast",
     "stream_bad_message_record",
     "stream_close",
+    "stream_handover_record",
     "stream_open",
+    "stream_resume_token",
     "stream_status_record",
     "transcript_add",
+    "transcript_history",
     "transcript_interrupt",
     "transcript_summary",
 ]

@@ -75,17 +75,30 @@ RENEW_RETRY_S = 30.0
 
 class AgentSession:
     def __init__(
-        self, port: StreamPort, *, call_id: str, call_sid: str, agent_id: int | None
+        self,
+        port: StreamPort,
+        *,
+        call_id: str,
+        call_sid: str,
+        agent_id: int | None,
+        resumed_at_ms: int | None = None,
     ) -> None:
+        """`resumed_at_ms`: the call began on an earlier stream, this long before this one.
+
+        A resumed call does not greet: its model session gets the conversation so far.
+        """
         self.port = port
         self.call_id = str(call_id)
         self.call_sid = call_sid
         self.agent_id = agent_id
+        self.resumed = resumed_at_ms is not None
         self.config: AgentConfig | None = None
         self.backend: Backend | None = None
         self._connecting: Backend | None = None
         self.phase = Phase.ACTIVE
-        self.recorder = Recorder(call_id=self.call_id, call_sid=call_sid)
+        self.recorder = Recorder(
+            call_id=self.call_id, call_sid=call_sid, offset_base_ms=resumed_at_ms or 0
+        )
         self.endings = Endings(self)
 
         owner = f"Call {call_sid}"
@@ -119,9 +132,15 @@ class AgentSession:
 
     async def start(self) -> None:
         self._started_at = self._last_activity = asyncio.get_running_loop().time()
+        # The call's limits count from its start, on whichever stream it began.
+        self._started_at -= self.recorder.offset_base_ms / 1000
         self.recorder.start()
         try:
             self.config = await database_sync_to_async(agent_config_load)(self.agent_id)
+            if self.resumed:
+                self.history = await database_sync_to_async(services.transcript_history)(
+                    call_id=self.call_id
+                )
         except Exception:
             logger.exception("Call %s: cannot load agent %s", self.call_sid, self.agent_id)
         self._spawn(self._run(), "run")
@@ -202,8 +221,8 @@ class AgentSession:
             return
         self._model_since = asyncio.get_running_loop().time()
         logger.info("Call %s: connected to %s", self.call_sid, self.config.backend)
-        if self.history:
-            self._restore(backend)  # a resumed call: the caller has been greeted already
+        if self.resumed:
+            self._restore(backend)  # the caller was greeted on the call's first stream
         elif self.config.greeting:
             self._awaiting_response = True
             backend.say(self.config.greeting)
@@ -558,8 +577,7 @@ class AgentSession:
                 self.backend is not None
                 and not self._renewing
                 and now - self._model_since >= settings.REALTIME_SESSION_RENEW_SECONDS
-                and not self._busy()
-                and not self._awaiting_response
+                and self.is_quiet()
             ):
                 self._spawn(self._renew(), "renew")
             if self._speaker == "agent" and not self.port.is_audible():
@@ -571,6 +589,10 @@ class AgentSession:
                     "idle_timeout_seconds", config.idle_timeout_seconds
                 )
                 return
+
+    def is_quiet(self) -> bool:
+        """Nobody is speaking or about to: a moment to change streams or model sessions."""
+        return self.phase is Phase.ACTIVE and not self._busy() and not self._awaiting_response
 
     def _busy(self) -> bool:
         return (
