@@ -22,10 +22,14 @@ logger = logging.getLogger(__name__)
 
 # WebSocket close code for a policy violation: a stream we will not serve.
 CLOSE_POLICY_VIOLATION = 1008
-# The server is going away: a drained stream (the call resumes on another process).
-CLOSE_GOING_AWAY = 1001
+# A drained stream (the call resumes on another process) closes normally: Twilio runs the
+# <Connect action> whatever the code, and daphne (autobahn) sends only 1000 or 3000-4999.
+CLOSE_HANDOVER = 1000
 # While draining, how often a call is checked for a quiet moment to hand it over.
 HANDOVER_POLL_S = 0.05
+# ... and how long it waits for one: an agent's sentence rarely runs longer, and a mark
+# Twilio never echoes must not hold the call (and the process) until the drain deadline.
+HANDOVER_QUIET_WAIT_S = 5.0
 
 _open_stream = database_sync_to_async(services.stream_open)
 _close_stream = database_sync_to_async(services.stream_close)
@@ -190,7 +194,7 @@ class MediaStreamConsumer(StreamingConsumer):
         logger.info("Call %s: stream %s started", self.call_sid, self.stream_sid)
         if drain.draining():
             # This process is shutting down: the call goes on on another one.
-            await self.end_stream(drain.HANDOVER, code=CLOSE_GOING_AWAY)
+            await self.end_stream(drain.HANDOVER, code=CLOSE_HANDOVER)
             return
         drain.register(self)
         self.session = AgentSession(
@@ -216,13 +220,16 @@ class MediaStreamConsumer(StreamingConsumer):
 
     async def _hand_over(self) -> None:
         loop = asyncio.get_running_loop()
-        while not self._ended and loop.time() < drain.force_at():
+        force_at = min(drain.force_at(), loop.time() + HANDOVER_QUIET_WAIT_S)
+        while not self._ended and loop.time() < force_at:
             session = self.session
             if session is None or session.is_quiet():
                 break
             await asyncio.sleep(HANDOVER_POLL_S)
         if not self._ended:
-            await self.end_stream(drain.HANDOVER, code=CLOSE_GOING_AWAY)
+            if self.session is not None and not self.session.is_quiet():
+                logger.warning("Call %s: handed over without a quiet moment", self.call_sid)
+            await self.end_stream(drain.HANDOVER, code=CLOSE_HANDOVER)
 
     async def server_stopping(self) -> bool:
         """daphne cancels every connection as it shuts down: while draining, hand over first."""
@@ -234,7 +241,7 @@ class MediaStreamConsumer(StreamingConsumer):
         try:
             await self.hand_over()
         finally:
-            await self.disconnect(CLOSE_GOING_AWAY)
+            await self.disconnect(CLOSE_HANDOVER)
         return True
 
     def _mark_echoed(self, name: str) -> None:
