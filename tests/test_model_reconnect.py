@@ -89,7 +89,9 @@ async def test_a_lost_model_session_is_replaced_with_the_history_and_no_apology(
     assert not live.twilio.closed
     assert rest.twiml_updates(live.call_sid) == [] and rest.hangups(live.call_sid) == []
     assert await live.events("agent_error") == []
-    [event] = await live.events("model_reconnected")
+    [event] = await live.wait_until(
+        lambda: live.events("model_reconnected"), 3, "reconnection logged"
+    )
     assert event.data["turns"] == 3  # the greeting, the caller, the answer
     lines = [(e.speaker, e.text) for e in await live.transcript()]
     assert lines == [
@@ -125,19 +127,21 @@ async def test_a_drop_while_the_caller_waits_for_an_answer_is_answered_by_the_ne
 async def test_the_model_session_is_renewed_before_its_time_limit(
     asgi_server, realtime, rest, settings
 ):
-    settings.REALTIME_SESSION_RENEW_SECONDS = 2
     await make_agent(greeting=GREETING)
     realtime.queue_reply(transcript=GREETING, audio_ms=300)
     live = await start_call(asgi_server, rest, realtime)
     await first_exchange(realtime, live)
     old = live.model
+    settings.REALTIME_SESSION_RENEW_SECONDS = 0  # the session is now "55 minutes" old
     new = await realtime.wait_for_session(timeout=5)
+    settings.REALTIME_SESSION_RENEW_SECONDS = 3300  # once is enough
     await old.wait_for(lambda: old.closed, timeout=3)  # we closed it, once the new one was up
+    await new.wait_for(lambda: new.messages_created("system"), timeout=3)
     [history] = new.messages_created("system")
-    assert "You: Sure, to which day?" in history
+    assert f"You: {GREETING}" in history and "You: Sure, to which day?" in history
     assert greetings(new) == []
-    [event] = await live.events("model_renewed")
-    assert event.data["turns"] == 3  # the greeting, the caller, the answer
+    [event] = await live.wait_until(lambda: live.events("model_renewed"), 3, "renewal logged")
+    assert event.data["turns"] == 3
     assert await live.events("agent_error") == []
     await converse(live, new, "Friday.", "Done.")
     await finish(live)
