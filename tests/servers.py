@@ -33,13 +33,13 @@ def daphne(log_path: Path, **overrides: str) -> Iterator[str]:
 
     Its output goes to `log_path`, which a failing test can show.
     """
-    with daphne_process(log_path, **overrides) as (url, _):
+    with daphne_process(log_path, **overrides) as (url, _process):
         yield url
 
 
 @contextmanager
 def daphne_process(log_path: Path, **overrides: str) -> Iterator[tuple[str, subprocess.Popen]]:
-    """`daphne`, yielding the process too, for a test that kills it."""
+    """As `daphne`, also yielding the process (to signal it); stopped afterwards if still up."""
     port = free_port()
     with open(log_path, "wb") as log:
         process = subprocess.Popen(

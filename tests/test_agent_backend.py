@@ -176,9 +176,10 @@ def test_benign_races_are_not_reported(raw):
 def test_errors_are_fatal_only_when_the_session_cannot_go_on():
     parse = backend().parse
     assert parse(error_event("session_expired", "60 minutes")) == BackendError(
-        "session_expired", "60 minutes", fatal=True
+        "session_expired", "60 minutes", fatal=True, retryable=True
     )
     assert parse(error_event(None, "oops", type_="server_error")).fatal
+    assert not parse(error_event(None, "oops", type_="server_error")).retryable
     assert not parse(error_event("invalid_value", "odd")).fatal
 
 

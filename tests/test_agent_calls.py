@@ -7,6 +7,7 @@ and checks what a caller would hear and what Twilio would be asked to do.
 import asyncio
 import json
 import time
+from http import HTTPStatus
 
 import pytest
 import websockets
@@ -301,6 +302,9 @@ async def test_keys_reach_the_model_and_the_transfer_key_dials_the_default_targe
 async def fail_model(how: str, live) -> None:
     model = live.model
     await model.wait_for(lambda: model.session_updates)  # mid-call, not while connecting
+    if how in ("drop", "session_expired"):
+        # A new session would carry the call on: fail only if the service is down too.
+        model.server.refuse_with = HTTPStatus.SERVICE_UNAVAILABLE
     if how == "error":
         await model.send_error(None, "The server had an error.", type="server_error")
     elif how == "drop":
@@ -314,8 +318,9 @@ async def fail_model(how: str, live) -> None:
     [("error", True), ("drop", False), ("session_expired", True)],
 )
 async def test_a_failing_model_gets_an_apology_then_a_person_or_a_hang_up(
-    asgi_server, realtime, rest, short_clips, how, has_target
+    asgi_server, realtime, rest, short_clips, how, has_target, settings
 ):
+    settings.MODEL_RECONNECT_TIMEOUT_SECONDS = 1
     targets = (("reception", RECEPTION_NUMBER, True),) if has_target else ()
     await make_agent(targets=targets)
     live = await start_call(asgi_server, rest, realtime)
@@ -334,7 +339,9 @@ async def test_a_failing_model_gets_an_apology_then_a_person_or_a_hang_up(
     await live.ended()
     assert (await live.call()).end_reason == expected_end
     [event] = await live.events("agent_error")
-    assert event.data["failure"] == {"drop": "dropped"}.get(how, "error")
+    assert event.data["failure"] == {"drop": "dropped", "session_expired": "dropped"}.get(
+        how, "error"
+    )
     if how == "session_expired":
         assert event.data["detail"].startswith("session_expired")
     await live.twilio.aclose()

@@ -21,7 +21,11 @@ from django.urls import path  # noqa: E402
 
 from calls.consumers import LiveCallsConsumer, MediaStreamConsumer  # noqa: E402
 from calls.process import with_process_tasks  # noqa: E402
+from voicebot import shutdown  # noqa: E402
 from voicebot.limits import BodySizeLimit, limit_daphne_request_bodies  # noqa: E402
+
+# Under daphne: on SIGTERM/SIGINT, hand live calls to another process before exiting.
+shutdown.install()
 
 
 def http_application(django_app=django_asgi_app):

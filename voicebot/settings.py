@@ -185,6 +185,14 @@ OPENAI_API_KEY = env_str("OPENAI_API_KEY")
 OPENAI_REALTIME_URL = env_str("OPENAI_REALTIME_URL", "wss://api.openai.com/v1/realtime")
 if urlsplit(OPENAI_REALTIME_URL).scheme not in {"ws", "wss"}:
     raise ImproperlyConfigured("OPENAI_REALTIME_URL must be a ws:// or wss:// URL")
+# A Realtime session lasts at most 60 minutes: a call still going after this long moves to a
+# new model session, with the conversation replayed, at its next quiet moment.
+REALTIME_SESSION_RENEW_SECONDS = env_int("REALTIME_SESSION_RENEW_SECONDS", 55 * 60)
+# How long a call tries to reconnect a dropped model before the apology and the fallback.
+MODEL_RECONNECT_TIMEOUT_SECONDS = env_int("MODEL_RECONNECT_TIMEOUT_SECONDS", 5)
+# On SIGTERM/SIGINT a server process hands its calls to another process; it exits once
+# they are handed over, or after this many seconds whatever is left.
+DRAIN_DEADLINE_SECONDS = env_int("DRAIN_DEADLINE_SECONDS", 30)
 
 INSTALLED_APPS = [
     "daphne",

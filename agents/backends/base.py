@@ -16,6 +16,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from agents.history import Turn, history_message
+
 # --- the agent as the session and the backends see it ---------------------------------------
 
 
@@ -128,6 +130,8 @@ class BackendError:
     code: str
     message: str
     fatal: bool
+    # A fatal error a new session cures (the session's time limit): reconnect, don't fail.
+    retryable: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +214,15 @@ class Backend(ABC):
             )
         else:
             self.add_context(f"The caller pressed the {digit} key on their phone.")
+
+    def restore(self, turns: list[Turn]) -> None:
+        """Give a new session the conversation so far (after a reconnect or a resume).
+
+        One packed system message (agents.history); it asks for no response.
+        """
+        message = history_message(turns)
+        if message:
+            self.add_context(message)
 
     @abstractmethod
     def events(self) -> AsyncIterator[BackendEvent]:

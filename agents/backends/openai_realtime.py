@@ -78,6 +78,8 @@ FATAL_ERROR_CODES = frozenset(
     }
 )
 FATAL_ERROR_TYPES = frozenset({"server_error", "authentication_error"})
+# Fatal for this session, but a new session (with the conversation replayed) carries on.
+RETRYABLE_ERROR_CODES = frozenset({"session_expired"})
 # Our truncate and cancel events carry ids with these prefixes, so their errors are known.
 _TRUNCATE_EVENT_PREFIX = "vb_truncate_"
 _CANCEL_EVENT_PREFIX = "vb_cancel_"
@@ -301,7 +303,12 @@ class OpenAIRealtimeBackend(Backend):
             logger.debug("Call %s: benign model race %s: %s", self.call_sid, code, text)
             return None
         fatal = code in FATAL_ERROR_CODES or error.get("type") in FATAL_ERROR_TYPES
-        return BackendError(code=code or error.get("type") or "error", message=text, fatal=fatal)
+        return BackendError(
+            code=code or error.get("type") or "error",
+            message=text,
+            fatal=fatal,
+            retryable=code in RETRYABLE_ERROR_CODES,
+        )
 
     _handlers: dict[str, Callable[[OpenAIRealtimeBackend, dict[str, Any]], Any]] = {
         "response.created": lambda self, m: ResponseCreated(m["response"]["id"]),

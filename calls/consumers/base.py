@@ -47,6 +47,10 @@ class StreamingConsumer(AsyncWebsocketConsumer):
         """Who this consumer serves, for log lines."""
         return type(self).__name__
 
+    async def server_stopping(self) -> bool:
+        """The server cancelled this connection as it shuts down; True if handled (not raised)."""
+        return False
+
     def frame_received(self, data: str | bytes) -> Pending:
         """Handle one socket message at once; return what must still be awaited, if anything."""
         raise NotImplementedError
@@ -80,6 +84,9 @@ class StreamingConsumer(AsyncWebsocketConsumer):
                         await pending
         except StopConsumer:
             pass
+        except asyncio.CancelledError:
+            if not await self.server_stopping():
+                raise
         finally:
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError, StopConsumer):

@@ -15,7 +15,7 @@ from callmedia.outbox import Outbox
 from callmedia.playback import PlaybackTracker
 from callmedia.tasks import TaskSet
 from callmedia.throttle import LogThrottle
-from calls import process, security, services
+from calls import drain, process, security, services
 from calls.consumers.base import Pending, StreamingConsumer
 from calls.models import call_group_name
 from calls.session import AgentSession
@@ -31,6 +31,14 @@ _strangers = LogThrottle(logger, limit=STRANGER_LOG_LINES_PER_MINUTE, window_s=6
 # open one, so they are capped (STREAM_UNAUTHENTICATED_MAX) and timed out
 # (STREAM_START_TIMEOUT_SECONDS) before they use up the process's file descriptors.
 _unauthenticated: set["MediaStreamConsumer"] = set()
+# A drained stream (the call resumes on another process) closes normally: Twilio runs the
+# <Connect action> whatever the code, and daphne (autobahn) sends only 1000 or 3000-4999.
+CLOSE_HANDOVER = 1000
+# While draining, how often a call is checked for a quiet moment to hand it over.
+HANDOVER_POLL_S = 0.05
+# ... and how long it waits for one: an agent's sentence rarely runs longer, and a mark
+# Twilio never echoes must not hold the call (and the process) until the drain deadline.
+HANDOVER_QUIET_WAIT_S = 5.0
 
 _open_stream = database_sync_to_async(services.stream_open)
 _close_stream = database_sync_to_async(services.stream_close)
@@ -72,6 +80,7 @@ class MediaStreamConsumer(StreamingConsumer):
         self._ended = False
         self._socket_closed = False
         self._start_deadline: asyncio.Task[None] | None = None
+        self._handover: asyncio.Task[None] | None = None
 
     @property
     def label(self) -> str:
@@ -150,6 +159,7 @@ class MediaStreamConsumer(StreamingConsumer):
         """End the call's stream, once: stop the session, record the stream, close the socket."""
         if not self._ended:
             self._ended = True
+            drain.unregister(self)
             self._resolve_waiters(False)
             if self.session is not None:
                 try:
@@ -161,6 +171,7 @@ class MediaStreamConsumer(StreamingConsumer):
                     stream_sid=self.stream_sid,
                     counters=dict(self.counters),
                     caller_left=reason == "stop",
+                    handed_over=reason == drain.HANDOVER,
                 )
                 logger.info("Call %s: stream %s ended (%s)", self.call_sid, self.stream_sid, reason)
         if self._socket_closed:
@@ -259,10 +270,57 @@ class MediaStreamConsumer(StreamingConsumer):
         await process.stream_held(self.stream_sid)  # its liveness: one heartbeat per process
         self._flush_before_start()
         logger.info("Call %s: stream %s started", self.call_sid, self.stream_sid)
+        if drain.draining():
+            # This process is shutting down: the call goes on on another one.
+            await self.end_stream(drain.HANDOVER, code=CLOSE_HANDOVER)
+            return
+        drain.register(self)
         self.session = AgentSession(
-            self, call_id=opened.call_id, call_sid=opened.call_sid, agent_id=opened.agent_id
+            self,
+            call_id=opened.call_id,
+            call_sid=opened.call_sid,
+            agent_id=opened.agent_id,
+            resumed_at_ms=opened.resumed_at_ms,
         )
         await self.session.start()
+
+    # --- draining: the call moves to another process ---------------------------------------
+
+    def hand_over(self) -> Awaitable[None]:
+        """Close the stream at the call's next quiet moment, recorded as a handover.
+
+        Twilio then requests our <Connect action>, which resumes the call on a new stream.
+        Idempotent: the drain and the consumer's own cancellation await the same task.
+        """
+        if self._handover is None:
+            self._handover = asyncio.ensure_future(self._hand_over())
+        return asyncio.shield(self._handover)
+
+    async def _hand_over(self) -> None:
+        loop = asyncio.get_running_loop()
+        force_at = min(drain.force_at(), loop.time() + HANDOVER_QUIET_WAIT_S)
+        while not self._ended and loop.time() < force_at:
+            session = self.session
+            if session is None or session.is_quiet():
+                break
+            await asyncio.sleep(HANDOVER_POLL_S)
+        if not self._ended:
+            if self.session is not None and not self.session.is_quiet():
+                logger.warning("Call %s: handed over without a quiet moment", self.call_sid)
+            await self.end_stream(drain.HANDOVER, code=CLOSE_HANDOVER)
+
+    async def server_stopping(self) -> bool:
+        """daphne cancels every connection as it shuts down: while draining, hand over first."""
+        if not drain.draining():
+            return False
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+        try:
+            await self.hand_over()
+        finally:
+            await self.disconnect(CLOSE_HANDOVER)
+        return True
 
     def _mark_echoed(self, name: str) -> None:
         self.counters["marks_received"] += 1

@@ -33,6 +33,7 @@ from .control import (
     call_send,
     call_transfer,
 )
+from .handover import stream_handover_record, stream_resume_token
 from .liveness import (
     process_heartbeat,
     process_stopped,
@@ -60,7 +61,12 @@ from .streams import (
     stream_open,
     stream_status_record,
 )
-from .transcripts import call_event_record, transcript_add, transcript_interrupt
+from .transcripts import (
+    call_event_record,
+    transcript_add,
+    transcript_history,
+    transcript_interrupt,
+)
 from .webhooks import (
     call_answer,
     call_end_reason_by_status,
@@ -115,10 +121,13 @@ __all__ = [
     "reconcile_lease_release",
     "stream_bad_message_record",
     "stream_close",
+    "stream_handover_record",
     "stream_open",
     "stream_process_attach",
+    "stream_resume_token",
     "stream_status_record",
     "transcript_add",
+    "transcript_history",
     "transcript_interrupt",
     "transcript_summary",
 ]

@@ -20,6 +20,7 @@ from ..models import (
     MediaStream,
     StreamStatus,
 )
+from .handover import stream_handover_record
 from .transcripts import call_event_record
 from .webhooks import call_end_record
 
@@ -31,6 +32,9 @@ class StreamOpened:
     call_id: str
     call_sid: str
     agent_id: int | None
+    # Set when the call had a stream before this one (it was handed over): ms since the
+    # call's first stream started, so the new stream's lines follow the old ones.
+    resumed_at_ms: int | None = None
 
 
 def stream_open(
@@ -72,6 +76,11 @@ def stream_open(
             )
         raise
     now = timezone.now()
+    first = MediaStream.objects.filter(call=call).exclude(sid=stream_sid).order_by("started_at")
+    first_started = first.values_list("started_at", flat=True).first()
+    resumed_at_ms = (
+        max(0, int((now - first_started).total_seconds() * 1000)) if first_started else None
+    )
     parameters = {
         k: v for k, v in custom_parameters.items() if k != security.STREAM_TOKEN_PARAMETER
     }
@@ -96,7 +105,12 @@ def stream_open(
             call.status, call.answered_at = CallStatus.IN_PROGRESS, call.answered_at or now
             call.save(update_fields=["status", "answered_at"])
             call_broadcast(call)
-    return StreamOpened(call_id=str(call.id), call_sid=call.sid, agent_id=call.agent_id)
+    return StreamOpened(
+        call_id=str(call.id),
+        call_sid=call.sid,
+        agent_id=call.agent_id,
+        resumed_at_ms=resumed_at_ms,
+    )
 
 
 STREAM_COUNTERS = (
@@ -113,11 +127,17 @@ STREAM_COUNTERS = (
 
 
 def stream_close(
-    *, stream_sid: str, counters: dict[str, int], last_error: str = "", caller_left: bool = False
+    *,
+    stream_sid: str,
+    counters: dict[str, int],
+    last_error: str = "",
+    caller_left: bool = False,
+    handed_over: bool = False,
 ) -> None:
     """Write a stream's counters once, when it ends (never per frame).
 
     `caller_left`: Twilio stopped the stream with no transfer under way, so the call is over.
+    `handed_over`: a draining process closes it so the call resumes on a new stream.
     """
     values = {name: counters.get(name, 0) for name in STREAM_COUNTERS}
     updates: dict[str, Any] = {**values, "stopped_at": timezone.now()}
@@ -130,6 +150,8 @@ def stream_close(
     stream = MediaStream.objects.filter(sid=stream_sid).only("call_id").first()
     if caller_left and stream is not None:
         call_end_record(call_id=stream.call_id, reason=EndReason.CALLER_HANGUP, actor=Actor.CALLER)
+    if handed_over and stream is not None:
+        stream_handover_record(call_id=stream.call_id, stream_sid=stream_sid)
 
 
 def stream_status_record(

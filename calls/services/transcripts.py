@@ -2,8 +2,10 @@
 
 from typing import Any
 
+from agents.history import AGENT, CALLER, Turn
+
 from ..feed import event_broadcast, transcript_broadcast
-from ..models import Call, CallEvent, TranscriptEntry
+from ..models import Call, CallEvent, Speaker, TranscriptEntry
 
 
 def call_event_record(
@@ -52,3 +54,19 @@ def transcript_interrupt(*, call_id: str, item_id: str, heard_ms: int) -> int:
         entry.save(update_fields=["interrupted", "heard_ms"])
         transcript_broadcast(entry)
     return len(entries)
+
+
+def transcript_history(*, call_id: str) -> list[Turn]:
+    """The call's conversation so far, for a model session that starts mid-call."""
+    speakers = {Speaker.CALLER: CALLER, Speaker.AGENT: AGENT}
+    entries = TranscriptEntry.objects.filter(call_id=call_id, speaker__in=speakers)
+    return [
+        Turn(
+            speakers[entry.speaker],
+            entry.text,
+            entry.offset_ms,
+            entry.heard_ms if entry.interrupted else None,
+            entry.item_id,
+        )
+        for entry in entries.order_by("offset_ms", "id")
+    ]

@@ -22,6 +22,7 @@ from ..models import (
     MediaStream,
     StreamStatus,
 )
+from .handover import stream_resume_token
 from .transcripts import call_event_record
 
 logger = logging.getLogger(__name__)
@@ -221,7 +222,13 @@ def dial_outcome_record(*, call_sid: str, dial_status: str, duration_seconds: in
 
 
 def connect_ended_record(*, call_sid: str) -> str:
-    """Twilio ran <Connect>'s action: our stream closed and no transfer replaced the TwiML."""
+    """Twilio ran <Connect>'s action: our stream closed and no transfer replaced the TwiML.
+
+    A stream a draining process handed over resumes on a new stream; any other ends the call.
+    """
+    token = stream_resume_token(call_sid=call_sid)
+    if token is not None:
+        return twiml.connect_stream(token=token)
     call = Call.objects.filter(sid=call_sid).first()
     if call is not None:
         call_event_record(call=call, kind="stream_closed", actor=Actor.TWILIO)

@@ -21,6 +21,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from channels.db import database_sync_to_async
+from django.conf import settings
 
 from agents.backends import backend_for
 from agents.backends.base import (
@@ -41,6 +42,7 @@ from agents.backends.base import (
     SpeechStopped,
     ToolCall,
 )
+from agents.history import AGENT, CALLER, Turn, caller_spoke_last
 from agents.tools import END_CALL, TRANSFER_TO_HUMAN
 from callmedia.audio import BYTES_PER_MS
 from callmedia.tasks import TaskSet
@@ -65,21 +67,38 @@ WATCHDOG_INTERVAL_S = 0.2
 STOP_TIMEOUT_S = 10.0
 # At stop, an agent line the caller heard less of than this was cut off by the hang-up.
 CUT_OFF_MARGIN_MS = 100
+# Between attempts to reconnect a dropped model: the first retry at once, then backing off.
+RECONNECT_BACKOFF_S = (0.0, 0.25, 0.5, 1.0)
+# A proactive renewal that could not connect is tried again this much later.
+RENEW_RETRY_S = 30.0
 
 
 class AgentSession:
     def __init__(
-        self, port: StreamPort, *, call_id: str, call_sid: str, agent_id: int | None
+        self,
+        port: StreamPort,
+        *,
+        call_id: str,
+        call_sid: str,
+        agent_id: int | None,
+        resumed_at_ms: int | None = None,
     ) -> None:
+        """`resumed_at_ms`: the call began on an earlier stream, this long before this one.
+
+        A resumed call does not greet: its model session gets the conversation so far.
+        """
         self.port = port
         self.call_id = str(call_id)
         self.call_sid = call_sid
         self.agent_id = agent_id
+        self.resumed = resumed_at_ms is not None
         self.config: AgentConfig | None = None
         self.backend: Backend | None = None
         self._connecting: Backend | None = None
         self.phase = Phase.ACTIVE
-        self.recorder = Recorder(call_id=self.call_id, call_sid=call_sid)
+        self.recorder = Recorder(
+            call_id=self.call_id, call_sid=call_sid, offset_base_ms=resumed_at_ms or 0
+        )
         self.endings = Endings(self)
 
         owner = f"Call {call_sid}"
@@ -102,13 +121,26 @@ class AgentSession:
         self._dropped_responses: set[str] = set()
         self._segment_bytes = 0
 
+        # The conversation so far, replayed into a new model session (agents.history).
+        self.history: list[Turn] = []
+        self._model_lost: str | None = None  # why the model connection ended, once it has
+        self._model_since = 0.0  # loop time the current model session opened
+        self._reconnecting = False
+        self._renewing = False
+
     # -- called by the consumer ----------------------------------------------------------
 
     async def start(self) -> None:
         self._started_at = self._last_activity = asyncio.get_running_loop().time()
+        # The call's limits count from its start, on whichever stream it began.
+        self._started_at -= self.recorder.offset_base_ms / 1000
         self.recorder.start()
         try:
             self.config = await database_sync_to_async(agent_config_load)(self.agent_id)
+            if self.resumed:
+                self.history = await database_sync_to_async(services.transcript_history)(
+                    call_id=self.call_id
+                )
         except Exception:
             logger.exception("Call %s: cannot load agent %s", self.call_sid, self.agent_id)
         self._spawn(self._run(), "run")
@@ -185,18 +217,33 @@ class AgentSession:
             self.endings.fail("no_agent", f"agent {self.agent_id} not found")
             return
         try:
-            backend = self._connecting = backend_for(self.config, call_sid=self.call_sid)
-            await backend.connect()
+            backend = await self._connect()
         except BackendUnavailable as error:
             self.endings.fail("connect", str(error))
             return
-        finally:
-            self._connecting = None
-        self.backend = backend
+        self._model_since = asyncio.get_running_loop().time()
         logger.info("Call %s: connected to %s", self.call_sid, self.config.backend)
-        if self.config.greeting:
+        if self.resumed:
+            self._restore(backend)  # the caller was greeted on the call's first stream
+        elif self.config.greeting:
             self._awaiting_response = True
             backend.say(self.config.greeting)
+        self.backend = backend
+        while True:
+            backend = self.backend
+            lost = await self._listen(backend)
+            if self.phase is not Phase.ACTIVE:
+                return  # failing, ending or stopped: nobody needs the model any more
+            if lost is None and self.backend is not None and self.backend is not backend:
+                continue  # renewed: read the new session
+            reason = lost or "the model connection ended"
+            if not await self._reconnect(reason):
+                self.endings.fail("dropped", reason)
+                return
+
+    async def _listen(self, backend: Backend) -> str | None:
+        """Handle `backend`'s events until it ends; why it was lost, or None if we let it go."""
+        self._model_lost = None
         port = self.port
         async for event in backend.events():
             # What this event sends to Twilio is written here, not by waking the port's
@@ -208,7 +255,114 @@ class AgentSession:
                 logger.exception("Call %s: error handling %r", self.call_sid, event)
             await port.flush()
             if self.phase is Phase.FAILING:
+                return None
+            if self._model_lost is not None:
+                return self._model_lost
+        return "the model connection ended" if self.backend is backend else None
+
+    async def _connect(self) -> Backend:
+        """A new, connected backend for this call; BackendUnavailable if not."""
+        assert self.config is not None
+        backend = self._connecting = backend_for(self.config, call_sid=self.call_sid)
+        try:
+            await backend.connect()
+        except BaseException:
+            await backend.close()
+            raise
+        finally:
+            self._connecting = None
+        return backend
+
+    def _restore(self, backend: Backend) -> None:
+        """Give a new model session the conversation so far; answer if the caller spoke last."""
+        backend.restore(self.history)
+        if caller_spoke_last(self.history):
+            self._awaiting_response = True
+            backend.create_response()
+
+    # -- a new model session mid-call -----------------------------------------------------
+
+    async def _reconnect(self, reason: str) -> bool:
+        """The model connection was lost: open a new session with the conversation so far.
+
+        Tries for MODEL_RECONNECT_TIMEOUT_SECONDS; False if no attempt succeeded (the caller
+        then gets the apology and the fallback). Caller audio meanwhile is not heard.
+        """
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = started + settings.MODEL_RECONNECT_TIMEOUT_SECONDS
+        self._reconnecting = True
+        logger.warning("Call %s: model connection lost (%s); reconnecting", self.call_sid, reason)
+        self.recorder.event("model_reconnecting", Actor.SYSTEM, {"reason": reason[:500]})
+        old, self.backend = self.backend, None
+        if old is not None:
+            await old.close()
+        self._model_gone()
+        error = ""
+        try:
+            for attempt, pause in enumerate(RECONNECT_BACKOFF_S, start=1):
+                if loop.time() + pause >= deadline:
+                    break
+                await asyncio.sleep(pause)
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        backend = await self._connect()
+                except (BackendUnavailable, TimeoutError) as failure:
+                    error = str(failure) or "timed out"
+                    continue
+                if self.phase is not Phase.ACTIVE:
+                    await backend.close()
+                    return False
+                self._restore(backend)
+                self.backend = backend
+                self._model_since = loop.time()
+                took_ms = round((loop.time() - started) * 1000)
+                logger.info("Call %s: model reconnected in %d ms", self.call_sid, took_ms)
+                self.recorder.event(
+                    "model_reconnected",
+                    Actor.SYSTEM,
+                    {"attempts": attempt, "took_ms": took_ms, "turns": len(self.history)},
+                )
+                return True
+        finally:
+            self._reconnecting = False
+        logger.error("Call %s: could not reconnect the model: %s", self.call_sid, error)
+        return False
+
+    async def _renew(self) -> None:
+        """Move to a new model session before the current one reaches its time limit."""
+        loop = asyncio.get_running_loop()
+        self._renewing = True
+        try:
+            try:
+                backend = await self._connect()
+            except BackendUnavailable as error:
+                logger.warning("Call %s: cannot renew the model session: %s", self.call_sid, error)
+                self._model_since += RENEW_RETRY_S
                 return
+            old = self.backend
+            if self.phase is not Phase.ACTIVE or old is None:
+                await backend.close()
+                return
+            age_s = round(loop.time() - self._model_since)
+            self._model_gone()
+            self._restore(backend)
+            self.backend = backend
+            self._model_since = loop.time()
+            await old.close()  # its reader stops, and reads the new session instead
+            logger.info("Call %s: model session renewed after %d s", self.call_sid, age_s)
+            self.recorder.event(
+                "model_renewed", Actor.SYSTEM, {"age_s": age_s, "turns": len(self.history)}
+            )
+        finally:
+            self._renewing = False
+
+    def _model_gone(self) -> None:
+        """Forget the old session's responses; keep what it said, as transcript and history."""
+        self._write_pending_lines()
+        self._active_response = None
+        self._awaiting_response = False
+        self._respond_when_done = False
 
     def _handle(self, event: BackendEvent) -> None:
         if type(event) is AudioDelta:  # nearly every event: skip the lookup
@@ -278,9 +432,11 @@ class AgentSession:
     def _on_caller_transcript(self, event: CallerTranscript) -> None:
         self._touch()
         offset_ms = self._caller_offsets.pop(event.item_id, self.port.now_ms)
-        if event.text.strip():
-            self.recorder.caller_line(
-                item_id=event.item_id, text=event.text.strip(), offset_ms=offset_ms
+        text = event.text.strip()
+        if text:
+            self.recorder.caller_line(item_id=event.item_id, text=text, offset_ms=offset_ms)
+            self.history.append(
+                Turn(CALLER, text, self.recorder.call_offset_ms(offset_ms), item_id=event.item_id)
             )
 
     def _on_speech_started(self, event: SpeechStarted) -> None:
@@ -306,13 +462,15 @@ class AgentSession:
             self.tool_result(event.call_id, f"There is no function called {event.name}.")
 
     def _on_error(self, event: BackendError) -> None:
-        if event.fatal:
+        if event.retryable:
+            self._model_lost = f"{event.code}: {event.message}"
+        elif event.fatal:
             self.endings.fail("error", f"{event.code}: {event.message}")
         else:
             logger.warning("Call %s: model error %s: %s", self.call_sid, event.code, event.message)
 
     def _on_closed(self, event: BackendClosed) -> None:
-        self.endings.fail("dropped", event.reason)
+        self._model_lost = event.reason  # _converse reconnects, or fails if it cannot
 
     _handlers: dict[type, Callable[[AgentSession, Any], None]] = {
         AudioDone: _on_audio_done,
@@ -362,6 +520,9 @@ class AgentSession:
             self._dropped_responses.add(item.response_id)
             if item.written:
                 self.recorder.agent_line_cut(item_id=item_id, heard_ms=end_ms)
+                for turn in self.history:
+                    if turn.item_id == item_id:
+                        turn.heard_ms = end_ms
         self._segment_bytes = 0
         if self._active_response is not None and self.backend is not None:
             # Server VAD may have cancelled it already; that race is benign. Naming it keeps
@@ -414,6 +575,13 @@ class AgentSession:
             if now - self._started_at >= config.max_call_seconds:
                 await self.endings.limit_reached("max_call_seconds", config.max_call_seconds)
                 return
+            if (
+                self.backend is not None
+                and not self._renewing
+                and now - self._model_since >= settings.REALTIME_SESSION_RENEW_SECONDS
+                and self.is_quiet()
+            ):
+                self._spawn(self._renew(), "renew")
             if self._speaker == "agent" and not self.port.is_audible():
                 self._set_speaker("")  # the agent's audio has played out, or was cleared
             if self._busy():
@@ -424,9 +592,14 @@ class AgentSession:
                 )
                 return
 
+    def is_quiet(self) -> bool:
+        """Nobody is speaking or about to: a moment to change streams or model sessions."""
+        return self.phase is Phase.ACTIVE and not self._busy() and not self._awaiting_response
+
     def _busy(self) -> bool:
         return (
             self._caller_speaking
+            or self._reconnecting
             or self._active_response is not None
             or bool(self._actions)
             or self.port.is_audible()
@@ -439,11 +612,12 @@ class AgentSession:
         if not text or item.written:
             return
         item.written = True
+        offset_ms = item.offset_ms if item.offset_ms is not None else self.port.now_ms
         self.recorder.agent_line(
-            item_id=item.id,
-            text=text,
-            offset_ms=item.offset_ms if item.offset_ms is not None else self.port.now_ms,
-            heard_ms=item.heard_ms,
+            item_id=item.id, text=text, offset_ms=offset_ms, heard_ms=item.heard_ms
+        )
+        self.history.append(
+            Turn(AGENT, text, self.recorder.call_offset_ms(offset_ms), item.heard_ms, item.id)
         )
 
     def _flush_transcripts(self) -> None:
@@ -458,6 +632,10 @@ class AgentSession:
                 item.heard_ms = heard_ms
                 if item.written:
                     self.recorder.agent_line_cut(item_id=item.id, heard_ms=heard_ms)
+        self._write_pending_lines()
+
+    def _write_pending_lines(self) -> None:
+        """Write the agent lines whose transcript has not finished arriving, as far as it got."""
         for item in self._items.values():
             if item.text:
                 self._agent_line(item, "".join(item.text))

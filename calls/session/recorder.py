@@ -43,9 +43,12 @@ def _write_batch(call_sid: str, batch: list[Write]) -> None:
 
 
 class Recorder:
-    def __init__(self, *, call_id: str, call_sid: str) -> None:
+    def __init__(self, *, call_id: str, call_sid: str, offset_base_ms: int = 0) -> None:
         self.call_id = call_id
         self.call_sid = call_sid
+        # Lines are timed from the start of the call; a stream's clock starts at its own
+        # start, which for a call resumed on a new stream is this much later.
+        self.offset_base_ms = offset_base_ms
         write = functools.partial(database_sync_to_async(_write_batch), call_sid)
         self._outbox: Outbox[Write] = Outbox(write, name=f"agent-db-{call_sid}", batch=True)
 
@@ -57,6 +60,9 @@ class Recorder:
         if not await self._outbox.close(CLOSE_TIMEOUT_S):
             logger.error("Call %s: transcript writes still pending at stop", self.call_sid)
 
+    def call_offset_ms(self, stream_ms: int) -> int:
+        return self.offset_base_ms + stream_ms
+
     def event(self, kind: str, actor: str, data: dict[str, Any]) -> None:
         self._write(_event_record, call_id=self.call_id, kind=kind, actor=actor, data=data)
 
@@ -66,7 +72,7 @@ class Recorder:
             call_id=self.call_id,
             speaker=Speaker.CALLER,
             text=text,
-            offset_ms=offset_ms,
+            offset_ms=self.offset_base_ms + offset_ms,
             item_id=item_id,
         )
 
@@ -77,7 +83,7 @@ class Recorder:
             call_id=self.call_id,
             speaker=Speaker.AGENT,
             text=text,
-            offset_ms=offset_ms,
+            offset_ms=self.offset_base_ms + offset_ms,
             item_id=item_id,
             interrupted=heard_ms is not None,
             heard_ms=heard_ms,

@@ -8,8 +8,12 @@ every part Twilio plays for one inbound call:
    echoed as Twilio echoes them, every server message validated);
 3. answers the server's REST requests for this call with `TwilioRestEmulator` on a fixed
    port (the server's TWILIO_API_BASE_URL): a hangup ends the call, a `<Dial>` update
-   ends the stream and counts as a transfer;
-4. posts the call and stream status callbacks and the `<Connect action>` request, signed.
+   ends the stream and counts as a transfer, a `<Connect><Stream>` update ends the stream
+   with a `stop` and moves the call to a new stream;
+4. posts the call and stream status callbacks and, when the server closes the stream, the
+   `<Connect action>` request, and follows the TwiML it answers: `<Hangup>` ends the call,
+   a new `<Connect><Stream>` opens a new stream for the same call (the caller's script and
+   the recording carry on across it).
 
 URLs in the TwiML are the server's public ones (PUBLIC_URL). Like a TLS proxy, the simulator
 sends each request to the server's own address instead, and signs it over the public URL.
@@ -169,6 +173,29 @@ async def _start_rest_emulator(rest: TwilioRestEmulator) -> None:
         ) from None
 
 
+def share_rest_emulator(rest: TwilioRestEmulator, calls: list[SimulatedCall]) -> None:
+    """Route one REST emulator's requests to several simulated calls, by CallSid.
+
+    Pass the same emulator as `rest=` to each call; its owner starts and stops it.
+    """
+    by_sid = {call.call_sid: call for call in calls}
+
+    def request(request: Any) -> None:
+        call = by_sid.get(request.call_sid or "")
+        if call is not None:
+            call._rest_request(request)
+
+    def hangup(call_sid: str) -> None:
+        if call_sid in by_sid:
+            by_sid[call_sid]._rest_hangup(call_sid)
+
+    def twiml(call_sid: str, document: str) -> None:
+        if call_sid in by_sid:
+            by_sid[call_sid]._rest_twiml(call_sid, document)
+
+    rest.on_request, rest.on_hangup, rest.on_twiml = request, hangup, twiml
+
+
 # --- the result -------------------------------------------------------------------------------
 
 EndReason = Literal["hangup", "transfer", "stream_closed", "duration", "caller", "refused"]
@@ -190,6 +217,11 @@ class CallResult:
     recording: Path | None = None
     rest_requests: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    # One summary per stream the call had, in order (`stream` is the last one's).
+    streams: list[dict[str, Any]] = field(default_factory=list)
+    # Between consecutive streams: seconds from the old stream's end to the new one's start,
+    # during which the caller's line carried nothing.
+    stream_gaps_s: list[float] = field(default_factory=list)
 
     @property
     def heard_s(self) -> float:
@@ -244,6 +276,7 @@ class SimulatedCall:
         actions: list[Action] | None = None,
         rest_host: str = "127.0.0.1",
         rest_port: int = 8010,
+        rest: TwilioRestEmulator | None = None,
         record_path: Path | None = None,
         watch_database: bool = False,
         verbose: bool = False,
@@ -261,7 +294,10 @@ class SimulatedCall:
         self.account_sid = settings.TWILIO_ACCOUNT_SID
         self.call_sid = "CA" + secrets.token_hex(16)
         self.result = CallResult(self.call_sid, to_number, from_number)
-        self.rest = TwilioRestEmulator(
+        # A shared emulator (several calls at once) is started, stopped and routed to each
+        # call's hooks by its owner (`share_rest_emulator`).
+        self._owns_rest = rest is None
+        self.rest = rest or TwilioRestEmulator(
             host=rest_host,
             port=rest_port,
             on_request=self._rest_request,
@@ -270,6 +306,11 @@ class SimulatedCall:
             on_twiml=self._rest_twiml,
         )
         self.stream: TwilioStreamClient | None = None
+        self._instructions: StreamInstructions | None = None
+        self._old_streams: list[TwilioStreamClient] = []
+        self._stream_ended_at = 0.0
+        self._switching: asyncio.Task | None = None
+        self._last_stream_left = False
         self._http: aiohttp.ClientSession | None = None
         self._started_at = 0.0
         self._ended = asyncio.Event()
@@ -297,7 +338,8 @@ class SimulatedCall:
     async def run(self) -> CallResult:
         loop = asyncio.get_running_loop()
         self._started_at = loop.time()
-        await _start_rest_emulator(self.rest)
+        if self._owns_rest:
+            await _start_rest_emulator(self.rest)
         self._warn_if_server_talks_elsewhere()
         try:
             async with aiohttp.ClientSession(
@@ -310,7 +352,8 @@ class SimulatedCall:
             await asyncio.gather(*self._tasks, return_exceptions=True)
             if self.stream is not None:
                 await self._close_stream()
-            await self.rest.stop()
+            if self._owns_rest:
+                await self.rest.stop()
         self.result.duration_s = loop.time() - self._started_at
         return self.result
 
@@ -344,8 +387,10 @@ class SimulatedCall:
         self._spawn(self._run_script())
         watcher = self._spawn(self._watch_database()) if self.watch_database else None
         await self._ended.wait()
+        if self._switching is not None and self._switching is not asyncio.current_task():
+            await asyncio.gather(self._switching, return_exceptions=True)
         await self._close_stream()
-        await self._after_stream(instructions)
+        await self._after_stream(self._instructions or instructions)
         if watcher is not None and not watcher.done():
             watcher.cancel()
             await asyncio.sleep(DATABASE_POLL_S)  # the server's last writes are queued
@@ -360,8 +405,13 @@ class SimulatedCall:
             account_sid=self.account_sid,
             custom_parameters=instructions.parameters,
             headers={security.SIGNATURE_HEADER: signature, **self._proxy_headers()},
-            on_event=self._stream_event,
         )
+        stream = self.stream
+        # Events of a stream the call has left behind are not this call's any more.
+        stream.on_event = lambda kind, detail: (
+            self._stream_event(kind, detail) if stream is self.stream else None
+        )
+        self._instructions = instructions
         try:
             await self.stream.start()
         except InvalidStatus as error:
@@ -377,26 +427,68 @@ class SimulatedCall:
                 f"cannot open the media stream at {url}: {error}. Is `make run` running?"
             ) from None
         self.log(f"stream {self.stream.stream_sid} open → {url}")
+        if self._old_streams:
+            gap_s = asyncio.get_running_loop().time() - self._stream_ended_at
+            self.result.stream_gaps_s.append(gap_s)
+            self.log(f"the call moved to a new stream: {gap_s * 1000:.0f} ms with no stream")
         if instructions.status_callback:
             await self._post_stream_status(instructions, "stream-started")
 
+    # -- a call moving to a new stream ---------------------------------------------------------
+
+    async def _follow_connect_action(self) -> None:
+        """The server closed the stream: request <Connect action> and run what it answers."""
+        self._stream_ended_at = asyncio.get_running_loop().time()
+        instructions = self._instructions
+        await self._leave_stream()
+        if instructions is None or not instructions.connect_action:
+            self._end("stream_closed", "the server closed the stream")
+            return
+        try:
+            document = await self._webhook(
+                instructions.connect_action, self._call_params("in-progress"), absolute=True
+            )
+            verbs = [child.tag for child in ET.fromstring(document)]
+        except (SimulationError, ET.ParseError) as error:
+            self._error(f"<Connect action> failed: {error}")
+            self._end("stream_closed", "the server closed the stream; its action failed")
+            return
+        if "Connect" in verbs and not self._ended.is_set():
+            self.log("<Connect action> answered a new <Connect><Stream>")
+            await self._open_stream(parse_answer(document))
+            return
+        self._end("stream_closed", f"the server closed the stream; the action answered {verbs}")
+
+    async def _move_to_stream(self, instructions: StreamInstructions) -> None:
+        """A REST update's <Connect><Stream>: Twilio stops the old stream, opens the new one."""
+        self._stream_ended_at = asyncio.get_running_loop().time()
+        await self._leave_stream()
+        if not self._ended.is_set():
+            await self._open_stream(instructions)
+
+    async def _leave_stream(self) -> None:
+        """Stop the current stream (a `stop`, if it is still open) and keep what it carried."""
+        stream, instructions = self.stream, self._instructions
+        if stream is None:
+            return
+        try:
+            if not stream.closed:
+                await stream.stop()
+            await stream.aclose()
+        except Exception as error:
+            self._error(f"media stream failed: {error!r}")
+        self._old_streams.append(stream)
+        self.result.streams.append(stream.summary())
+        if instructions is not None and instructions.status_callback:
+            # Sent beside the action request, not before it: Twilio does not wait for it.
+            self._spawn(self._post_stream_status(instructions, "stream-stopped", stream=stream))
+
     async def _after_stream(self, instructions: StreamInstructions) -> None:
         """What Twilio does once the stream is over, up to the call's last status callback."""
-        if instructions.status_callback:
+        if instructions.status_callback and not self._last_stream_left:
             await self._post_stream_status(instructions, "stream-stopped")
         result = self.result
-        if result.end_reason == "stream_closed" and instructions.connect_action:
-            # Twilio requests <Connect action> when the server closes the stream, and runs
-            # what it answers; the server answers <Hangup>, so that ends the call here.
-            try:
-                document = await self._webhook(
-                    instructions.connect_action, self._call_params("in-progress"), absolute=True
-                )
-                verbs = [child.tag for child in ET.fromstring(document)]
-                self.log(f"<Connect action> answered {verbs or 'nothing'}: the call ends")
-            except (SimulationError, ET.ParseError) as error:
-                self._error(f"<Connect action> failed: {error}")
-        elif result.end_reason == "transfer":
+        if result.end_reason == "transfer":
             self.log(f"the call is now with {result.transferred_to}; the simulated caller leaves")
         if self.rest.calls.get(self.call_sid) not in ("completed", None):
             self.rest.set_status(self.call_sid, "completed")
@@ -450,12 +542,19 @@ class SimulatedCall:
         self._status_sequence += 1
         await self._callback(reverse("twilio-voice-status"), params, f"call status {status}")
 
-    async def _post_stream_status(self, instructions: StreamInstructions, event: str) -> None:
+    async def _post_stream_status(
+        self,
+        instructions: StreamInstructions,
+        event: str,
+        *,
+        stream: TwilioStreamClient | None = None,
+    ) -> None:
+        stream = stream or self.stream
         params = {
             "AccountSid": self.account_sid,
             "CallSid": self.call_sid,
-            "StreamSid": self.stream.stream_sid if self.stream else "",
-            "StreamName": self.stream.stream_sid if self.stream else "",
+            "StreamSid": stream.stream_sid if stream else "",
+            "StreamName": stream.stream_sid if stream else "",
             "StreamEvent": event,
             "Timestamp": datetime.now(UTC).isoformat(),
         }
@@ -541,6 +640,9 @@ class SimulatedCall:
         if dialled:
             self.result.transferred_to = dialled
             self._end("transfer", f"transferred to {dialled} (<Dial> TwiML update)")
+        elif self._connects_stream(twiml):
+            self.log("REST TwiML update with <Connect><Stream>: the call moves to a new stream")
+            self._switch(self._move_to_stream(parse_answer(twiml)))
         else:
             self._end("transfer", f"the server replaced the call's TwiML: {twiml[:200]}")
 
@@ -569,9 +671,8 @@ class SimulatedCall:
             self.log(f"stream closed by {by} (code {detail['code']})")
             if detail["by_server"]:
                 why = CLOSE_CODES.get(detail["code"], "")
-                self._end(
-                    "stream_closed", f"the server closed the stream (code {detail['code']}{why})"
-                )
+                self.log(f"the server closed the stream (code {detail['code']}{why})")
+                self._switch(self._follow_connect_action())
 
     def _server_message(self, message: dict[str, Any]) -> None:
         if message["event"] == "media":
@@ -609,18 +710,38 @@ class SimulatedCall:
         played = len(self.stream.played) if self.stream else 0
         return (played - self._turn_start) / BYTES_PER_MS / 1000
 
+    def _switch(self, coroutine: Any) -> None:
+        """Run a change of stream, one at a time."""
+        if self._switching is not None and not self._switching.done():
+            coroutine.close()
+            return
+        self._switching = self._spawn(coroutine)
+
+    @staticmethod
+    def _connects_stream(twiml: str) -> bool:
+        try:
+            return ET.fromstring(twiml).find("./Connect/Stream") is not None
+        except ET.ParseError:
+            return False
+
     async def _close_stream(self) -> None:
         stream = self.stream
         if stream is None or self.result.stream:
             return
-        try:
-            if not stream.closed:
-                await stream.stop()
-            await stream.aclose()
-        except Exception as error:  # the summary must still come out
-            self._error(f"media stream failed: {error!r}")
-        self.result.stream = stream.summary()
-        self.result.heard_ulaw = bytes(stream.played)
+        # Left already if the server closed it and the action ended the call.
+        self._last_stream_left = stream in self._old_streams
+        if not self._last_stream_left:
+            try:
+                if not stream.closed:
+                    await stream.stop()
+                await stream.aclose()
+            except Exception as error:  # the summary must still come out
+                self._error(f"media stream failed: {error!r}")
+            self._old_streams.append(stream)
+            self.result.streams.append(stream.summary())
+        self.result.stream = self.result.streams[-1]
+        # What the caller heard, across every stream the call had.
+        self.result.heard_ulaw = b"".join(bytes(old.played) for old in self._old_streams)
         if self.record_path is not None:
             self.record_path.write_bytes(ulaw_to_wav(self.result.heard_ulaw))
             self.result.recording = self.record_path
@@ -677,7 +798,8 @@ class SimulatedCall:
         while True:
             quiet_since = max(self._last_agent_audio, self._last_caller_audio_end, self._started_at)
             if (
-                self.stream.buffered_bytes == 0
+                not self.stream.closed
+                and self.stream.buffered_bytes == 0
                 and self.stream.caller_audio_pending == 0
                 and loop.time() - quiet_since >= QUIET_S
                 and self.stream.stream_ms() >= QUIET_S * 1000

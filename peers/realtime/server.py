@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -36,6 +37,8 @@ class FakeRealtimeServer:
         self.session_class = session_class
         self.sessions: list[FakeSession] = []
         self.handshakes: list[dict[str, Any]] = []  # every attempt, accepted or not
+        # While set, new connections are refused with this HTTP status (an outage).
+        self.refuse_with: HTTPStatus | None = None
         self._server: Server | None = None
         self._session_cursor = 0
         self._session_added = asyncio.Event()
@@ -102,6 +105,8 @@ class FakeRealtimeServer:
         }
         self.handshakes.append(record)
         refusal = wire.handshake_rejection(parts.path, request.headers.get("Authorization", ""))
+        if refusal is None and self.refuse_with is not None:
+            refusal = self.refuse_with, "The service is unavailable."
         if refusal is None:
             record["status"] = 101
             return None

@@ -99,6 +99,15 @@ class FakeSession:
     def errors_sent(self) -> list[dict[str, Any]]:
         return self.sender.errors_sent
 
+    def messages_created(self, role: str | None = None) -> list[str]:
+        """The text of each message item the client created (e.g. a replayed history)."""
+        return [
+            part.get("text") or ""
+            for item in self.items_created
+            if item.get("type") == "message" and role in (None, item.get("role"))
+            for part in item.get("content", [])
+        ]
+
     async def wait_for(self, predicate: Callable[[], Any], timeout: float = 5.0) -> Any:
         """Wait until `predicate()` is truthy (re-checked on every recorded change)."""
         return await self.changes.wait_for(predicate, timeout, self.id)

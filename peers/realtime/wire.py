@@ -39,6 +39,13 @@ GA_SESSION_KEYS = frozenset(
 )
 GA_AUDIO_FORMATS = frozenset({"audio/pcm", "audio/pcmu", "audio/pcma"})
 ITEM_TYPES = frozenset({"message", "function_call", "function_call_output"})
+# The content a created message may hold, by role (GA names: a replayed agent line is
+# `output_text`; the beta's `text` is refused).
+MESSAGE_CONTENT_TYPES = {
+    "user": frozenset({"input_text", "input_audio"}),
+    "assistant": frozenset({"output_text"}),
+    "system": frozenset({"input_text"}),
+}
 BETA_HEADER_VALUE = "realtime=v1"
 
 dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
@@ -178,6 +185,8 @@ def item_create_rejection(item: object, *, call_ids: set[str]) -> Rejection | No
             "and 'function_call_output'.",
             param="item.type",
         )
+    if item["type"] == "message":
+        return message_rejection(item)
     if item["type"] != "function_call_output":
         return None
     if not isinstance(item.get("output"), str):
@@ -191,6 +200,40 @@ def item_create_rejection(item: object, *, call_ids: set[str]) -> Rejection | No
             f"Tool call ID '{call_id}' not found in conversation.",
             param="item.call_id",
         )
+    return None
+
+
+def message_rejection(item: dict[str, Any]) -> Rejection | None:
+    role = item.get("role")
+    allowed = MESSAGE_CONTENT_TYPES.get(role) if isinstance(role, str) else None
+    if allowed is None:
+        return Rejection(
+            "invalid_value",
+            "Invalid 'item.role'. Supported values are: 'user', 'assistant', and 'system'.",
+            param="item.role",
+        )
+    content = item.get("content")
+    if not isinstance(content, list) or not content:
+        return Rejection(
+            "invalid_type", "Invalid type for 'item.content': expected an array.", "item.content"
+        )
+    for index, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind not in allowed:
+            return Rejection(
+                "invalid_value",
+                f"Invalid value: '{kind}'. Supported values for a {role} message are: "
+                + ", ".join(f"'{name}'" for name in sorted(allowed))
+                + ".",
+                param=f"item.content[{index}].type",
+            )
+        text_key = "audio" if kind == "input_audio" else "text"
+        if not isinstance(part.get(text_key), str):
+            return Rejection(
+                "invalid_type",
+                f"Invalid type for 'item.content[{index}].{text_key}': expected a string.",
+                param=f"item.content[{index}].{text_key}",
+            )
     return None
 
 
