@@ -7,7 +7,6 @@ it over the public URL. Its REST API base URL is the simulator's Twilio emulator
 
 import io
 import socket
-import sqlite3
 import subprocess
 import sys
 import wave
@@ -34,30 +33,27 @@ from calls.simulator.call import (
 from calls.twiml import unrouted
 from peers.ports import free_port
 
-from .servers import daphne, server_environment
+from .servers import ScratchDatabase, daphne, server_environment
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_GREETING = "Hello, you have reached the voicebot demo. How can I help you today?"
 
 
 class Server:
-    def __init__(self, url: str, rest_port: int, database: Path, log: Path) -> None:
+    def __init__(self, url: str, rest_port: int, database: ScratchDatabase, log: Path) -> None:
         self.url, self.rest_port, self.database, self.log = url, rest_port, database, log
 
     def call_row(self, call_sid: str) -> dict:
-        with sqlite3.connect(self.database) as db:
-            db.row_factory = sqlite3.Row
-            row = db.execute("SELECT * FROM calls_call WHERE sid = ?", [call_sid]).fetchone()
-        return dict(row)
+        [row] = self.database.rows("SELECT * FROM calls_call WHERE sid = %s", [call_sid])
+        return row
 
     def event_kinds(self, call_sid: str) -> list[str]:
-        with sqlite3.connect(self.database) as db:
-            rows = db.execute(
-                "SELECT e.kind FROM calls_callevent e JOIN calls_call c ON e.call_id = c.id"
-                " WHERE c.sid = ? ORDER BY e.id",
-                [call_sid],
-            ).fetchall()
-        return [kind for (kind,) in rows]
+        rows = self.database.rows(
+            "SELECT e.kind FROM calls_callevent e JOIN calls_call c ON e.call_id = c.id"
+            " WHERE c.sid = %s ORDER BY e.id",
+            [call_sid],
+        )
+        return [row["kind"] for row in rows]
 
 
 def manage(env: dict, *args: str) -> None:
@@ -69,9 +65,10 @@ def manage(env: dict, *args: str) -> None:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[Server]:
     directory = tmp_path_factory.mktemp("server")
+    database = ScratchDatabase(directory)
     rest_port = free_port()
     overrides = {
-        "SQLITE_PATH": str(directory / "db.sqlite3"),
+        **database.environment,
         "TWILIO_API_BASE_URL": f"http://127.0.0.1:{rest_port}",
         "OPENAI_API_KEY": "",  # the demo agent then uses the local backend
     }
@@ -86,8 +83,11 @@ def server(tmp_path_factory) -> Iterator[Server]:
         "from agents.models import Agent; Agent.objects.update(is_default=False)",
     )
     log = directory / "daphne.log"
-    with daphne(log, **overrides) as url:
-        yield Server(url, rest_port, directory / "db.sqlite3", log)
+    try:
+        with daphne(log, **overrides) as url:
+            yield Server(url, rest_port, database, log)
+    finally:
+        database.drop()
 
 
 def simulated(server: Server, **kwargs) -> SimulatedCall:
