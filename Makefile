@@ -43,8 +43,11 @@ superuser: $(VENV)/.runtime-installed
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
 
+# Tests in parallel, one xdist worker per core by default (TEST_WORKERS=0 runs them in one
+# process); ARGS="-m 'not realtime'" skips the tests that wait on audio played in real time.
+TEST_WORKERS ?= auto
 test: $(VENV)/.dev-installed lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup $(ARGS)
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/python -m bench.relay $(ARGS)

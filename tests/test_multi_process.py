@@ -24,7 +24,7 @@ from .agent_harness import answer
 from .servers import daphne
 from .twilio_helpers import ACCOUNT_SID, new_call_sid
 
-pytestmark = [pytest.mark.redis, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.redis, pytest.mark.realtime, pytest.mark.django_db(transaction=True)]
 
 PUBLIC_ORIGIN = "https://voicebot.example.com"
 

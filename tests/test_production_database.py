@@ -44,10 +44,18 @@ def log_tail(path: Path) -> str:
 def prepare(database_url: str) -> None:
     """Migrate the database and add the demo agent, as a deployment would."""
     env = server_environment(DATABASE_URL=database_url)
-    for command in (["migrate", "--noinput"], ["seed_demo"]):
-        subprocess.run(
-            [sys.executable, "manage.py", *command], cwd=ROOT, env=env, check=True, timeout=120
-        )
+    code = (
+        "from django.core.management import call_command; "
+        "call_command('migrate', interactive=False, verbosity=0); call_command('seed_demo')"
+    )
+    subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", code],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        timeout=120,
+        capture_output=True,
+    )
 
 
 async def burst(base_url: str, count: int) -> collections.Counter:

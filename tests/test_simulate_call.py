@@ -36,6 +36,8 @@ from peers.ports import free_port
 from .servers import ScratchDatabase, daphne, server_environment
 
 ROOT = Path(__file__).resolve().parent.parent
+# The module's server (migrated, seeded, serving) is set up once, by one xdist worker.
+pytestmark = pytest.mark.xdist_group("simulate_call")
 DEMO_GREETING = "Hello, you have reached the voicebot demo. How can I help you today?"
 
 
@@ -108,6 +110,7 @@ def ms(text: str) -> int:
 # --- whole calls ----------------------------------------------------------------------------
 
 
+@pytest.mark.realtime
 async def test_the_agent_greets_and_pound_ends_the_call_after_the_goodbye(server, tmp_path):
     recording = tmp_path / "heard.wav"
     call = simulated(
@@ -136,6 +139,7 @@ async def test_the_agent_greets_and_pound_ends_the_call_after_the_goodbye(server
     )
 
 
+@pytest.mark.realtime
 async def test_pressing_0_transfers_to_the_default_target(server):
     call = simulated(server, actions=[parse_action("dtmf", "0@1.5s")], duration_s=20)
     result = await call.run()
@@ -149,6 +153,7 @@ async def test_pressing_0_transfers_to_the_default_target(server):
     assert row["status"] == "completed"
 
 
+@pytest.mark.realtime
 @pytest.mark.parametrize("source", ["say", "audio"])
 async def test_the_caller_talking_over_the_greeting_cuts_it_off(server, tmp_path, source):
     sentence = "Wait a moment please"
@@ -170,6 +175,7 @@ async def test_the_caller_talking_over_the_greeting_cuts_it_off(server, tmp_path
     assert "barge_in" in server.event_kinds(result.call_sid)
 
 
+@pytest.mark.realtime
 def test_the_command_runs_a_call_and_prints_a_summary(server):
     output = io.StringIO()
     call_command(
