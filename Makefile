@@ -47,7 +47,7 @@ lint: $(VENV)/.dev-installed
 # process); ARGS="-m 'not realtime'" skips the tests that wait on audio played in real time.
 TEST_WORKERS ?= auto
 test: $(VENV)/.dev-installed lint
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup $(ARGS)
+	$(BIN)/pytest -n $(TEST_WORKERS) $(ARGS)
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/python -m bench.relay $(ARGS)

@@ -36,8 +36,6 @@ from peers.ports import free_port
 from .servers import ScratchDatabase, daphne, server_environment
 
 ROOT = Path(__file__).resolve().parent.parent
-# The module's server (migrated, seeded, serving) is set up once, by one xdist worker.
-pytestmark = pytest.mark.xdist_group("simulate_call")
 DEMO_GREETING = "Hello, you have reached the voicebot demo. How can I help you today?"
 
 
