@@ -47,8 +47,11 @@ lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 
+# Tests in parallel, one xdist worker per core by default (TEST_WORKERS=0 runs them in one
+# process); ARGS="-m 'not realtime'" skips the tests that wait on audio played in real time.
+TEST_WORKERS ?= auto
 test: $(VENV)/.dev-installed lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) $(ARGS)
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/python -m bench.relay $(ARGS)

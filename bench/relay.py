@@ -90,6 +90,9 @@ def base_environment(test_environment: dict[str, str]) -> dict[str, str]:
             "DJANGO_SETTINGS_MODULE": "voicebot.settings",
             "PYTHONUNBUFFERED": "1",
             "LOG_LEVEL": "WARNING",
+            # The bench measures the embedded set-up (one process, SQLite, in-memory layer).
+            "DATABASE_URL": "",
+            "REDIS_URL": "",
         }
     )
     env.pop("VOICEBOT_TEST_DATABASE", None)

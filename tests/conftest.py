@@ -4,6 +4,9 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
+import redis
+from channels.layers import channel_layers
+from django.conf import settings
 
 # Its fixtures come in through pytest_plugins; register it first so its asserts explain.
 pytest.register_assert_rewrite("tests.agent_harness")
@@ -11,6 +14,7 @@ pytest.register_assert_rewrite("tests.agent_harness")
 from agents.models import Agent, TransferTarget  # noqa: E402
 from peers.ports import free_port, listening  # noqa: E402
 
+from .postgres import postgres_binaries, postgres_server  # noqa: E402
 from .servers import RedisServer  # noqa: E402
 
 
@@ -27,7 +31,11 @@ def require_binary(name: str, *, why: str = "") -> str:
     path = shutil.which(name)
     if path:
         return path
-    message = f"{name} is not installed{f' ({why})' if why else ''}; .ci/run installs it"
+    missing_tool(f"{name} is not installed{f' ({why})' if why else ''}; .ci/run installs it")
+
+
+def missing_tool(message: str) -> None:
+    """Skip locally, fail under CI, for something `.ci/run` installs."""
     if under_ci():
         pytest.fail(message)
     pytest.skip(message)
@@ -45,6 +53,36 @@ def redis_url() -> Iterator[str]:
     )
     with listening(process, port):
         yield f"redis://127.0.0.1:{port}/0"
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A private PostgreSQL server for the session (its `postgres` database's URL)."""
+    if postgres_binaries() is None:
+        missing_tool("PostgreSQL's server (initdb) is not installed; .ci/run installs it")
+    with postgres_server(max_connections=100) as url:
+        yield url
+
+
+@pytest.fixture(autouse=True)
+def fresh_channel_layer() -> Iterator[None]:
+    """Each test gets a channel layer of its own, and with Redis an empty one.
+
+    channels-redis ties a layer to the event loop that receives on it (and its locks and
+    queues to the loop that first used them), while pytest-asyncio runs each test in a new
+    loop: a layer kept from an earlier test refuses to receive, or fails with "bound to a
+    different event loop". What an earlier test left in Redis must not reach this one either.
+    """
+    channel_layers.backends.clear()
+    config = settings.CHANNEL_LAYERS["default"]
+    if config["BACKEND"] == "channels_redis.core.RedisChannelLayer":
+        prefix = config["CONFIG"].get("prefix", "asgi")
+        with redis.Redis.from_url(settings.REDIS_URL) as client:
+            stale = list(client.scan_iter(match=f"{prefix}*", count=1000))
+            if stale:
+                client.delete(*stale)
+    yield
+    channel_layers.backends.clear()
 
 
 @pytest.fixture

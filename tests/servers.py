@@ -1,13 +1,18 @@
 """Real daphne processes for tests that cross process boundaries."""
 
 import os
+import sqlite3
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import quote
 
+import psycopg
 from django.conf import settings
+from psycopg.rows import dict_row
 
 from peers.ports import free_port, listening, wait_for_port
 from voicebot.test_settings import TEST_ENVIRONMENT
@@ -15,13 +20,28 @@ from voicebot.test_settings import TEST_ENVIRONMENT
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def database_environment() -> dict[str, str]:
+    """What points a server process at the test's own database: once the test database
+    exists, settings name it (its SQLite file, or PostgreSQL's `test_…` database)."""
+    database = settings.DATABASES["default"]
+    if database["ENGINE"] == "django.db.backends.sqlite3":
+        return {"DATABASE_URL": "", "SQLITE_PATH": str(database["NAME"])}
+    credentials = quote(database["USER"] or "", safe="")
+    if database.get("PASSWORD"):
+        credentials += ":" + quote(database["PASSWORD"], safe="")
+    host = quote(database["HOST"] or "localhost", safe="")  # a socket directory, too
+    port = f":{database['PORT']}" if database.get("PORT") else ""
+    url = f"postgres://{credentials}@{host}{port}/{quote(database['NAME'], safe='')}"
+    return {"DATABASE_URL": url}
+
+
 def server_environment(**overrides: str) -> dict[str, str]:
-    """The test environment for a server process, on the test's own database file."""
+    """The test environment for a server process, on the test's own database."""
     return {
         **os.environ,
         **TEST_ENVIRONMENT,
         "DJANGO_SETTINGS_MODULE": "voicebot.settings",
-        "SQLITE_PATH": settings.DATABASES["default"]["NAME"],
+        **database_environment(),
         "PYTHONUNBUFFERED": "1",
         **overrides,
     }
@@ -89,3 +109,48 @@ class RedisServer:
             self.process.kill()  # as a crash would: no goodbye to the clients
             self.process.wait()
             self.process = None
+
+
+class ScratchDatabase:
+    """A database of its own, on the suite's backend, for a server that a module sets up
+    (migrates, seeds) by itself; the test reads what the server wrote with plain SQL."""
+
+    def __init__(self, directory: Path) -> None:
+        database = settings.DATABASES["default"]
+        self.postgres = database["ENGINE"] != "django.db.backends.sqlite3"
+        if self.postgres:
+            self.name = f"scratch_{uuid.uuid4().hex[:12]}"
+            self._admin(f'CREATE DATABASE "{self.name}"')
+            url = database_environment()["DATABASE_URL"]
+            self.environment = {"DATABASE_URL": url.rsplit("/", 1)[0] + "/" + self.name}
+        else:
+            self.name = str(directory / "db.sqlite3")
+            self.environment = {"DATABASE_URL": "", "SQLITE_PATH": self.name}
+
+    def _connect(self, dbname: str, **options):
+        database = settings.DATABASES["default"]
+        return psycopg.connect(
+            dbname=dbname,
+            user=database["USER"],
+            password=database.get("PASSWORD") or None,
+            host=database["HOST"] or None,
+            port=database.get("PORT") or None,
+            **options,
+        )
+
+    def _admin(self, statement: str) -> None:
+        with self._connect("postgres", autocommit=True) as admin:
+            admin.execute(statement)
+
+    def rows(self, sql: str, params: list) -> list[dict]:
+        """The rows `sql` selects; `%s` placeholders on either backend."""
+        if self.postgres:
+            with self._connect(self.name, row_factory=dict_row) as db:
+                return db.execute(sql, params).fetchall()
+        with sqlite3.connect(self.name) as db:
+            db.row_factory = sqlite3.Row
+            return [dict(row) for row in db.execute(sql.replace("%s", "?"), params)]
+
+    def drop(self) -> None:
+        if self.postgres:
+            self._admin(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')

@@ -30,7 +30,7 @@ from .agent_harness import (  # noqa: E402
     start_call,
 )
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.realtime, pytest.mark.django_db(transaction=True)]
 pytest_plugins = ["tests.agent_harness"]  # asgi_server, realtime, rest
 
 # The heard position is estimated from Twilio's stream clock, which advances in 20 ms frames

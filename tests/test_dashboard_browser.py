@@ -24,7 +24,7 @@ from .browser import (
 )
 from .dashboard_helpers import ACTION_PERMISSIONS, make_call, make_staff
 
-pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.browser, pytest.mark.realtime, pytest.mark.django_db(transaction=True)]
 pytest_plugins = ["tests.agent_harness"]  # asgi_server, realtime, rest
 
 GREETING = "Hello, you are through to the front desk. How can I help you today?"

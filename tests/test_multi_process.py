@@ -19,7 +19,7 @@ from .servers import daphne
 from .staff_http import StaffBrowser, create_world
 from .twilio_helpers import ACCOUNT_SID, new_call_sid
 
-pytestmark = [pytest.mark.redis, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.redis, pytest.mark.realtime, pytest.mark.django_db(transaction=True)]
 
 async def test_hangup_and_clear_from_another_process_reach_the_stream(redis_url, tmp_path):
     await create_world()

@@ -140,6 +140,7 @@ async def test_it_rejects_a_beta_shaped_session_update(server):
     assert server.sessions[0].session_updates == []
 
 
+@pytest.mark.realtime
 async def test_it_streams_a_response_in_real_time(server):
     server.queue_reply(transcript="Hello there, caller.", audio_ms=600)
     ws = await open_client(server)
@@ -181,6 +182,7 @@ async def test_it_streams_a_response_in_real_time(server):
     assert response.status == "completed"
 
 
+@pytest.mark.realtime
 async def test_it_paces_deltas_at_fifty_per_second(server):
     server.queue_reply(audio_ms=1000)
     ws = await open_client(server)
@@ -271,6 +273,7 @@ async def test_it_reports_a_cancel_with_no_active_response(server):
     assert error["error"]["code"] == "response_cancel_not_active"
 
 
+@pytest.mark.realtime
 async def test_it_rejects_a_second_response_create_while_one_is_active(server):
     server.queue_reply(audio_ms=1000)
     ws = await open_client(server)

@@ -54,6 +54,10 @@ def shell_prints(code: str, **overrides: str) -> str:
         ("DJANGO_DEBUG", "maybe", "DJANGO_DEBUG must be true or false"),
         ("REDIS_URL", "http://localhost", "REDIS_URL must be"),
         ("DATABASE_URL", "mysql://x", "DATABASE_URL must be"),
+        ("DATABASE_POOL_MAX_SIZE", "0", "DATABASE_POOL_MAX_SIZE must be at least 1"),
+        ("DATABASE_POOL_MAX_SIZE", "many", "DATABASE_POOL_MAX_SIZE must be an integer"),
+        ("DATABASE_POOL_MIN_SIZE", "50", "DATABASE_POOL_MIN_SIZE must be between 0 and"),
+        ("DATABASE_POOL_TIMEOUT_SECONDS", "0", "DATABASE_POOL_TIMEOUT_SECONDS must be positive"),
         ("OPENAI_REALTIME_URL", "https://api.openai.com", "OPENAI_REALTIME_URL must be"),
         ("TWILIO_SKIP_SIGNATURE_VALIDATION", "true", "may only be set with DJANGO_DEBUG"),
         ("LOGIN_FAILURE_LIMIT", "0", "LOGIN_FAILURE_LIMIT and LOGIN_LOCKOUT_MINUTES must be"),
@@ -94,7 +98,7 @@ def test_sqlite_keeps_a_write_ahead_log(tmp_path):
         "c.execute('PRAGMA synchronous').fetchone()[0])"
     )
     # synchronous 1 is NORMAL: durable at each checkpoint, no fsync per commit.
-    assert shell_prints(code, SQLITE_PATH=str(tmp_path / "db.sqlite3")) == "wal 1"
+    assert shell_prints(code, DATABASE_URL="", SQLITE_PATH=str(tmp_path / "db.sqlite3")) == "wal 1"
 
 
 def test_sqlite_connection_outlives_each_unit_of_work(tmp_path):
@@ -105,10 +109,37 @@ def test_sqlite_connection_outlives_each_unit_of_work(tmp_path):
         "close_old_connections(); connection.ensure_connection(); "
         "print(first is connection.connection)"
     )
-    assert shell_prints(code, SQLITE_PATH=str(tmp_path / "db.sqlite3")) == "True"
+    assert shell_prints(code, DATABASE_URL="", SQLITE_PATH=str(tmp_path / "db.sqlite3")) == "True"
 
 
 def test_database_url_switches_to_postgresql():
     code = "from django.conf import settings; print(settings.DATABASES['default']['ENGINE'])"
     printed = shell_prints(code, DATABASE_URL="postgres://u:p@db.internal:5432/voicebot")
     assert printed == "django.db.backends.postgresql"
+
+
+def test_postgresql_takes_its_connections_from_a_pool_of_the_configured_size():
+    code = (
+        "from django.conf import settings; d = settings.DATABASES['default']; "
+        "print(d['CONN_MAX_AGE'], sorted(d['OPTIONS']['pool'].items()))"
+    )
+    printed = shell_prints(
+        code,
+        DATABASE_URL="postgres://u:p@db.internal:5432/voicebot",
+        DATABASE_POOL_MAX_SIZE="7",
+        DATABASE_POOL_MIN_SIZE="1",
+        DATABASE_POOL_TIMEOUT_SECONDS="4",
+    )
+    # A pool requires CONN_MAX_AGE 0: connections go back to it, not stay with a thread.
+    assert printed == "0 [('max_size', 7), ('min_size', 1), ('timeout', 4)]"
+
+
+def test_a_sqlite_database_url_gets_the_same_options_as_sqlite_path(tmp_path):
+    code = (
+        "from django.conf import settings; from django.db import connection; "
+        "d = settings.DATABASES['default']; c = connection.cursor(); "
+        "print(d['CONN_MAX_AGE'], d['OPTIONS']['timeout'], d['OPTIONS']['transaction_mode'], "
+        "c.execute('PRAGMA journal_mode').fetchone()[0])"
+    )
+    database_url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
+    assert shell_prints(code, DATABASE_URL=database_url) == "60 20 IMMEDIATE wal"

@@ -7,7 +7,6 @@ it over the public URL. Its REST API base URL is the simulator's Twilio emulator
 
 import io
 import socket
-import sqlite3
 import subprocess
 import sys
 import wave
@@ -34,30 +33,27 @@ from calls.simulator.call import (
 from calls.twiml import unrouted
 from peers.ports import free_port
 
-from .servers import daphne, server_environment
+from .servers import ScratchDatabase, daphne, server_environment
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_GREETING = "Hello, you have reached the voicebot demo. How can I help you today?"
 
 
 class Server:
-    def __init__(self, url: str, rest_port: int, database: Path, log: Path) -> None:
+    def __init__(self, url: str, rest_port: int, database: ScratchDatabase, log: Path) -> None:
         self.url, self.rest_port, self.database, self.log = url, rest_port, database, log
 
     def call_row(self, call_sid: str) -> dict:
-        with sqlite3.connect(self.database) as db:
-            db.row_factory = sqlite3.Row
-            row = db.execute("SELECT * FROM calls_call WHERE sid = ?", [call_sid]).fetchone()
-        return dict(row)
+        [row] = self.database.rows("SELECT * FROM calls_call WHERE sid = %s", [call_sid])
+        return row
 
     def event_kinds(self, call_sid: str) -> list[str]:
-        with sqlite3.connect(self.database) as db:
-            rows = db.execute(
-                "SELECT e.kind FROM calls_callevent e JOIN calls_call c ON e.call_id = c.id"
-                " WHERE c.sid = ? ORDER BY e.id",
-                [call_sid],
-            ).fetchall()
-        return [kind for (kind,) in rows]
+        rows = self.database.rows(
+            "SELECT e.kind FROM calls_callevent e JOIN calls_call c ON e.call_id = c.id"
+            " WHERE c.sid = %s ORDER BY e.id",
+            [call_sid],
+        )
+        return [row["kind"] for row in rows]
 
 
 def manage(env: dict, *args: str) -> None:
@@ -69,9 +65,10 @@ def manage(env: dict, *args: str) -> None:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[Server]:
     directory = tmp_path_factory.mktemp("server")
+    database = ScratchDatabase(directory)
     rest_port = free_port()
     overrides = {
-        "SQLITE_PATH": str(directory / "db.sqlite3"),
+        **database.environment,
         "TWILIO_API_BASE_URL": f"http://127.0.0.1:{rest_port}",
         "OPENAI_API_KEY": "",  # the demo agent then uses the local backend
     }
@@ -86,8 +83,11 @@ def server(tmp_path_factory) -> Iterator[Server]:
         "from agents.models import Agent; Agent.objects.update(is_default=False)",
     )
     log = directory / "daphne.log"
-    with daphne(log, **overrides) as url:
-        yield Server(url, rest_port, directory / "db.sqlite3", log)
+    try:
+        with daphne(log, **overrides) as url:
+            yield Server(url, rest_port, database, log)
+    finally:
+        database.drop()
 
 
 def simulated(server: Server, **kwargs) -> SimulatedCall:
@@ -108,6 +108,7 @@ def ms(text: str) -> int:
 # --- whole calls ----------------------------------------------------------------------------
 
 
+@pytest.mark.realtime
 async def test_the_agent_greets_and_pound_ends_the_call_after_the_goodbye(server, tmp_path):
     recording = tmp_path / "heard.wav"
     call = simulated(
@@ -136,6 +137,7 @@ async def test_the_agent_greets_and_pound_ends_the_call_after_the_goodbye(server
     )
 
 
+@pytest.mark.realtime
 async def test_pressing_0_transfers_to_the_default_target(server):
     call = simulated(server, actions=[parse_action("dtmf", "0@1.5s")], duration_s=20)
     result = await call.run()
@@ -149,6 +151,7 @@ async def test_pressing_0_transfers_to_the_default_target(server):
     assert row["status"] == "completed"
 
 
+@pytest.mark.realtime
 @pytest.mark.parametrize("source", ["say", "audio"])
 async def test_the_caller_talking_over_the_greeting_cuts_it_off(server, tmp_path, source):
     sentence = "Wait a moment please"
@@ -170,6 +173,7 @@ async def test_the_caller_talking_over_the_greeting_cuts_it_off(server, tmp_path
     assert "barge_in" in server.event_kinds(result.call_sid)
 
 
+@pytest.mark.realtime
 def test_the_command_runs_a_call_and_prints_a_summary(server):
     output = io.StringIO()
     call_command(

@@ -350,6 +350,7 @@ async def test_it_opens_with_connected_then_start(server, twilio):
     assert server.connection.request.headers["X-Twilio-Signature"] == "signature"
 
 
+@pytest.mark.realtime
 async def test_it_sends_a_frame_every_20_ms(server, twilio):
     await asyncio.sleep(1.0)
     arrivals = [(t, m) for t, m in server.arrivals if m["event"] == "media"]
@@ -389,6 +390,7 @@ async def test_it_sends_caller_audio_then_silence(server):
     assert b"\x02" * 160 in payloads[4:]
 
 
+@pytest.mark.realtime
 async def test_a_mark_echoes_once_the_audio_before_it_has_played(server, twilio):
     audio = b"\x55" * 8000  # one second
     await server.send_audio(twilio.stream_sid, audio)

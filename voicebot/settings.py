@@ -240,32 +240,64 @@ TEMPLATES = [
     },
 ]
 
+
+def sqlite_database(path: str) -> dict:
+    """SQLite as the project uses it, whether named by SQLITE_PATH or a sqlite:// URL."""
+    return {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": path,
+        # Kept open between writes, as for PostgreSQL: the media consumers write from
+        # the thread pool many times a minute, and reopening the file (with its
+        # PRAGMAs) each time was a third of that work.
+        "CONN_MAX_AGE": 60,
+        "OPTIONS": {
+            # Webhooks and the stream consumers write concurrently; wait rather than fail.
+            "timeout": 20,
+            "transaction_mode": "IMMEDIATE",
+            # Write-ahead log: the live view reads while calls write, and a commit costs
+            # one append instead of a rollback journal created, synced and deleted.
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        },
+    }
+
+
+# PostgreSQL connections come from one pool per process. Under ASGI every request and every
+# database_sync_to_async call runs in a thread of its own, so a connection kept per thread
+# (CONN_MAX_AGE) grows with the load until PostgreSQL refuses new ones; the pool caps what a
+# process holds at DATABASE_POOL_MAX_SIZE, and work beyond it waits for a free connection.
+DATABASE_POOL_MIN_SIZE = env_int("DATABASE_POOL_MIN_SIZE", 2)
+DATABASE_POOL_MAX_SIZE = env_int("DATABASE_POOL_MAX_SIZE", 10)
+# Twilio gives up on a webhook after 15 s; fail well before that rather than queue forever.
+DATABASE_POOL_TIMEOUT_SECONDS = env_int("DATABASE_POOL_TIMEOUT_SECONDS", 10)
+if DATABASE_POOL_MAX_SIZE < 1:
+    raise ImproperlyConfigured("DATABASE_POOL_MAX_SIZE must be at least 1")
+if not 0 <= DATABASE_POOL_MIN_SIZE <= DATABASE_POOL_MAX_SIZE:
+    raise ImproperlyConfigured(
+        "DATABASE_POOL_MIN_SIZE must be between 0 and DATABASE_POOL_MAX_SIZE"
+    )
+if DATABASE_POOL_TIMEOUT_SECONDS <= 0:
+    raise ImproperlyConfigured("DATABASE_POOL_TIMEOUT_SECONDS must be positive")
+
 DATABASE_URL = env_str("DATABASE_URL")
 if DATABASE_URL:
     import dj_database_url
 
-    if urlsplit(DATABASE_URL).scheme not in {"postgres", "postgresql", "pgsql", "sqlite"}:
+    _scheme = urlsplit(DATABASE_URL).scheme
+    if _scheme not in {"postgres", "postgresql", "pgsql", "sqlite"}:
         raise ImproperlyConfigured("DATABASE_URL must be a postgres:// (or sqlite://) URL")
-    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
-else:
-    DATABASES = {
-        "default": {
-            "ENGINE": "django.db.backends.sqlite3",
-            "NAME": env_str("SQLITE_PATH", str(BASE_DIR / "db.sqlite3")),
-            # Kept open between writes, as for PostgreSQL: the media consumers write from
-            # the thread pool many times a minute, and reopening the file (with its
-            # PRAGMAs) each time was a third of that work.
-            "CONN_MAX_AGE": 60,
-            "OPTIONS": {
-                # Webhooks and the stream consumers write concurrently; wait rather than fail.
-                "timeout": 20,
-                "transaction_mode": "IMMEDIATE",
-                # Write-ahead log: the live view reads while calls write, and a commit costs
-                # one append instead of a rollback journal created, synced and deleted.
-                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
-            },
+    if _scheme == "sqlite":
+        DATABASES = {"default": sqlite_database(dj_database_url.parse(DATABASE_URL)["NAME"])}
+    else:
+        # The pool requires CONN_MAX_AGE 0: a connection goes back to the pool at the end of
+        # each request or unit of work instead of staying with its thread.
+        DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=0)}
+        DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+            "min_size": DATABASE_POOL_MIN_SIZE,
+            "max_size": DATABASE_POOL_MAX_SIZE,
+            "timeout": DATABASE_POOL_TIMEOUT_SECONDS,
         }
-    }
+else:
+    DATABASES = {"default": sqlite_database(env_str("SQLITE_PATH", str(BASE_DIR / "db.sqlite3")))}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env_str("REDIS_URL")
