@@ -152,7 +152,16 @@ async def test_a_killed_servers_call_that_twilio_still_has_is_resumed_on_the_sam
             resumed = stream_client(server_b, call_sid, token)
             try:
                 await resumed.start()
-                await resumed.wait_for(lambda: resumed.media_received >= 5, timeout=10)
+                # The resumed session picks up the conversation: the model is given the call
+                # so far, and the greeting is not played again.
+                await resumed.wait_for(
+                    lambda: len(realtime.sessions) == 2
+                    and realtime.sessions[-1].messages_created("system"),
+                    timeout=10,
+                    what="the new model session to be given the call so far",
+                )
+                assert "Hello." in realtime.sessions[-1].messages_created("system")[0]
+                assert resumed.media_received == 0
             finally:
                 await resumed.aclose()
             assert await Call.objects.filter(sid=call_sid).acount() == 1

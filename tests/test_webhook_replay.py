@@ -7,6 +7,7 @@ import pytest
 from asgiref.sync import sync_to_async
 
 from agents.models import Agent
+from callmedia import protocol
 from calls.models import Call, CallEvent, CallStatus, MediaStream, TranscriptEntry
 from peers.realtime import FakeRealtimeServer, Reply
 
@@ -80,7 +81,7 @@ async def test_a_replayed_voice_webhook_opens_no_stream_and_no_model_session(
     _, document = await post(client, INCOMING, params)
     twilio = TwilioTestStream(call_sid=params["CallSid"], token=stream_token(document))
     await twilio.open()
-    assert await twilio.closed() == 1008
+    assert await twilio.closed() == protocol.CLOSE_STREAM_REFUSED
     assert realtime.sessions == []
     assert not await MediaStream.objects.aexists()
     assert not await TranscriptEntry.objects.aexists()
@@ -90,7 +91,7 @@ async def test_a_token_issued_before_the_call_ended_opens_no_stream(client, quie
     params, token = await finished_call(client)
     twilio = TwilioTestStream(call_sid=params["CallSid"], token=token)
     await twilio.open()
-    assert await twilio.closed() == 1008
+    assert await twilio.closed() == protocol.CLOSE_STREAM_REFUSED
     assert realtime.sessions == []
     event = await CallEvent.objects.aget(kind="stream_refused")
     assert event.data["reason"] == "the call has ended"
