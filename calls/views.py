@@ -90,6 +90,18 @@ def voice_status(request: HttpRequest) -> HttpResponse:
 
 
 @twilio_webhook
+def voice_amd(request: HttpRequest) -> HttpResponse:
+    """Asynchronous answering-machine detection's verdict on a call we placed."""
+    post = request.POST
+    services.call_amd_record(
+        call_sid=post.get("CallSid", ""),
+        answered_by=post.get("AnsweredBy", ""),
+        detection_ms=_int_or_none(post.get("MachineDetectionDuration")),
+    )
+    return HttpResponse(status=204)
+
+
+@twilio_webhook
 def stream_status(request: HttpRequest) -> HttpResponse:
     post = request.POST
     services.stream_status_record(

@@ -322,6 +322,10 @@ class MediaStreamConsumer(StreamingConsumer):
         if self.session is not None:
             await self.session.say(message["text"])
 
+    async def call_amd(self, message: dict) -> None:
+        if self.session is not None:
+            self.session.amd_result(message["answered_by"])
+
     async def call_transferring(self, message: dict) -> None:
         self.transferring = True
 

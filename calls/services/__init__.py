@@ -18,6 +18,7 @@ from ..feed import (
     live_broadcast,
     transcript_summary,
 )
+from .amd import call_amd_record
 from .control import (
     CallControlError,
     call_clear_audio,
@@ -69,6 +70,7 @@ __all__ = [
     "CallControlError",
     "Outcome",
     "StreamOpened",
+    "call_amd_record",
     "call_answer",
     "call_broadcast",
     "call_clear_audio",
