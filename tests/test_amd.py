@@ -42,9 +42,7 @@ async def model(settings):
 async def place(asgi_server, settings, mode: str, answer: Answer, *, wait_s: float = 5.0):
     """The agent (in `mode`) calls CALLEE, who answers as `answer`; returns (phone, call)."""
     settings.AMD_WAIT_SECONDS = wait_s
-    agent = await make_agent(
-        greeting=GREETING, answering_machine=mode, voicemail_message=VOICEMAIL
-    )
+    agent = await make_agent(greeting=GREETING, answering_machine=mode, voicemail_message=VOICEMAIL)
     phones = OutboundPhones(servers=[asgi_server.http_url], answers={CALLEE: answer})
     async with phones:
         settings.TWILIO_API_BASE_URL = phones.base_url

@@ -199,6 +199,7 @@ INSTALLED_APPS = [
     "axes",
     "calls",
     "agents",
+    "campaigns",
 ]
 
 MIDDLEWARE = [

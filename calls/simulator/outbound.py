@@ -201,9 +201,7 @@ class OutboundPhones:
             await call.stream.stop()
         if instructions.connect_action and call.ended_by == "server":
             # Twilio requests the <Connect action> once the server closed the stream.
-            await self._post(
-                server, instructions.connect_action, self._params(call, "in-progress")
-            )
+            await self._post(server, instructions.connect_action, self._params(call, "in-progress"))
         duration = math.ceil(loop.time() - answered_at)
         if self.rest.calls.get(call.sid) != "completed":
             self.rest.set_status(call.sid, "completed")
@@ -244,9 +242,7 @@ class OutboundPhones:
         if kind == "received" and detail.get("event") == "media" and call.first_audio_at is None:
             call.first_audio_at = asyncio.get_running_loop().time()
 
-    async def _end(
-        self, call: PhoneCall, status: str, ended_by: str, *, duration: int = 0
-    ) -> None:
+    async def _end(self, call: PhoneCall, status: str, ended_by: str, *, duration: int = 0) -> None:
         if self.rest.calls.get(call.sid) not in ("completed", status):
             self.rest.set_status(call.sid, status, duration=duration)
         call.ended_by = call.ended_by or ended_by
