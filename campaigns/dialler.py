@@ -86,7 +86,6 @@ def _settle(contact: Contact, outcome: str, now: datetime, error: str = "") -> b
     retry = _retries(campaign, outcome) and contact.attempts < campaign.max_attempts
     changes = {
         "outcome": outcome,
-        "claimed_by": "",
         "state": ContactState.PENDING if retry else ContactState.DONE,
         "next_attempt_at": now + timedelta(seconds=campaign.retry_delay_seconds) if retry else None,
     }

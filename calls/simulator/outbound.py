@@ -88,6 +88,7 @@ class PhoneCall:
     unplayed_at_hangup: int | None = None  # agent audio still buffered then
     played_bytes: int = 0
     ended_by: str = ""  # "server", "callee" or the failure status
+    over: bool = False  # Twilio counts it as ended (a terminal status)
     errors: list[str] = field(default_factory=list)
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -116,7 +117,7 @@ class OutboundPhones:
         self.calls: dict[str, PhoneCall] = {}
         self.live = 0
         self.peak = 0
-        self._next_server = itertools.cycle(range(len(self.servers)))
+        self._turns = itertools.count()
         self._http: aiohttp.ClientSession | None = None
         self._sequence: Counter[str] = Counter()
 
@@ -132,6 +133,10 @@ class OutboundPhones:
         await self.rest.stop()
         if self._http is not None:
             await self._http.close()
+
+    def _server(self) -> str:
+        """The next server, round-robin (`servers` may be set once they are started)."""
+        return self.servers[next(self._turns) % len(self.servers)]
 
     @property
     def base_url(self) -> str:
@@ -161,8 +166,14 @@ class OutboundPhones:
             if call.stream is not None:
                 call.played_bytes = len(call.stream.played)
                 await call.stream.aclose()
-            self.live -= 1
+            self._over(call)
             call.done.set()
+
+    def _over(self, call: PhoneCall) -> None:
+        """The call has a terminal status now: it no longer counts as up."""
+        if not call.over:
+            call.over = True
+            self.live -= 1
 
     async def _run(self, call: PhoneCall) -> None:
         answer = call.answer
@@ -179,7 +190,7 @@ class OutboundPhones:
         answered_at = loop.time()
         self.rest.set_status(call.sid, "in-progress")
         await self._status(call, "in-progress")
-        server = self.servers[next(self._next_server)]
+        server = self._server()
         document = await self._post(server, call.params["Url"], self._params(call, "in-progress"))
         instructions = parse_answer(document)
         url = self._internal(server, instructions.url, websocket=True)
@@ -198,6 +209,9 @@ class OutboundPhones:
         await self._wait_closed(call.stream, answer.talk_s)
         if not call.stream.closed:
             call.ended_by = "callee"
+            # The callee hangs up: for Twilio the call is over then, before the stream ends.
+            self.rest.set_status(call.sid, "completed")
+            self._over(call)
             await call.stream.stop()
         if instructions.connect_action and call.ended_by == "server":
             # Twilio requests the <Connect action> once the server closed the stream.
@@ -224,7 +238,7 @@ class OutboundPhones:
             "AnsweredBy": answered_by,
             "MachineDetectionDuration": str(int((call.amd_sent_at - answered_at) * 1000)),
         }
-        server = self.servers[next(self._next_server)]
+        server = self._server()
         await self._post(server, call.params["AsyncAmdStatusCallback"], params)
 
     def _hung_up(self, sid: str) -> None:
@@ -233,6 +247,7 @@ class OutboundPhones:
             return
         call.hangup_at = asyncio.get_running_loop().time()
         call.ended_by = call.ended_by or "server"
+        self._over(call)  # the REST emulator has just recorded it completed
         if call.stream is not None:
             call.unplayed_at_hangup = call.stream.buffered_bytes
             call.played_bytes = len(call.stream.played)
@@ -245,6 +260,7 @@ class OutboundPhones:
     async def _end(self, call: PhoneCall, status: str, ended_by: str, *, duration: int = 0) -> None:
         if self.rest.calls.get(call.sid) not in ("completed", status):
             self.rest.set_status(call.sid, status, duration=duration)
+        self._over(call)
         call.ended_by = call.ended_by or ended_by
         await self._status(call, status, duration=duration)
 
@@ -263,7 +279,7 @@ class OutboundPhones:
             params["CallDuration"] = str(duration)
         self._sequence[call.sid] += 1
         try:
-            await self._post(self.servers[next(self._next_server)], url, params)
+            await self._post(self._server(), url, params)
         except Exception as error:  # Twilio does not retry status callbacks
             call.errors.append(f"status {status}: {error!r}")
 
