@@ -79,7 +79,7 @@ class CampaignAdmin(admin.ModelAdmin):
             path("<path:object_id>/progress/", wrap(self.progress_view), name="campaign_progress"),
             path("<path:object_id>/contacts/", wrap(self.upload_view), name="campaign_upload"),
             path(
-                "<path:object_id>/<str:action>/",
+                "<path:object_id>/run/<str:action>/",
                 wrap(self.action_view),
                 name="campaign_action",
             ),
