@@ -18,6 +18,7 @@ class AgentAdmin(admin.ModelAdmin):
     fieldsets = [
         (None, {"fields": ["name", "phone_number", "is_default", "is_active"]}),
         ("Conversation", {"fields": ["instructions", "greeting", "voice", "model", "backend"]}),
+        ("Calls it places", {"fields": ["answering_machine", "voicemail_message"]}),
         (
             "Limits and keys",
             {"fields": ["max_call_seconds", "idle_timeout_seconds", "transfer_digit"]},

@@ -34,6 +34,14 @@ target_name_validator = RegexValidator(
 )
 
 
+class AnsweringMachine(models.TextChoices):
+    """What an agent does about answering machines on the calls it places."""
+
+    OFF = "off", "Off: greet whatever answers"
+    DETECT = "detect", "Detect: hang up on a machine"
+    VOICEMAIL = "voicemail", "Detect and leave a voicemail message"
+
+
 class AgentQuerySet(models.QuerySet):
     def active(self) -> "AgentQuerySet":
         return self.filter(is_active=True)
@@ -78,6 +86,18 @@ class Agent(models.Model):
         default=30,
         validators=[MinValueValidator(5), MaxValueValidator(600)],
         help_text="End the call politely after this long with nobody speaking.",
+    )
+    answering_machine = models.CharField(
+        max_length=16,
+        choices=AnsweringMachine.choices,
+        default=AnsweringMachine.OFF,
+        help_text="On calls the agent places: wait for Twilio's answering-machine detection "
+        "before greeting, and hang up on a machine or leave a message after the beep.",
+    )
+    voicemail_message = models.TextField(
+        blank=True,
+        help_text="Said word for word after the beep, then the agent hangs up. Campaign "
+        "variables such as {first_name} may be used.",
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

@@ -54,6 +54,9 @@ class EndReason(models.TextChoices):
     # Found out after the fact: the process holding the call died and Twilio says it is over.
     SERVER_LOST = "server_lost", "Ended while the server was down"
     UNKNOWN_TO_TWILIO = "twilio_unknown", "Unknown to Twilio"
+    # Answering-machine detection on a call we placed (docs/twilio-rest.md).
+    VOICEMAIL = "voicemail", "Left a voicemail"
+    MACHINE = "machine", "Answering machine"
 
 
 class Actor(models.TextChoices):
@@ -97,6 +100,12 @@ class Call(models.Model):
     transferred_to = models.CharField(max_length=32, blank=True)
     # Set once by whoever hangs up first, so Twilio is asked exactly once.
     hangup_requested_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # Answering-machine detection asked of Twilio when placing the call ("" = none), and
+    # its verdict (AnsweredBy: human, machine_end_beep, fax, unknown, ...).
+    machine_detection = models.CharField(max_length=16, blank=True, editable=False)
+    answered_by = models.CharField(max_length=32, blank=True, editable=False)
+    # Values for the agent's {placeholders} on this call (a campaign contact's columns).
+    prompt_variables = models.JSONField(default=dict, blank=True, editable=False)
     # The nonce of the single outstanding stream token; emptied when the stream uses it.
     stream_nonce = models.CharField(max_length=64, blank=True, editable=False)
     # A reconciler has claimed the call (or put off looking at it again) until then.

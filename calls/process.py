@@ -24,6 +24,7 @@ import random
 import socket
 import sys
 import uuid
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -43,6 +44,8 @@ _held: set[str] = set()
 _tasks = TaskSet(f"Process {os.getpid()}")
 _started = False
 _attached: str | None = None
+# Other apps' loops to run beside these (e.g. the campaign dialler), registered at start-up.
+_registered: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = []
 
 
 def holder_name() -> str:
@@ -75,6 +78,11 @@ def streams_held() -> int:
 # --- the background loops -------------------------------------------------------------------
 
 
+def loop_register(name: str, factory: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run `factory()` as one of this process's background loops (from an AppConfig.ready)."""
+    _registered.append((name, factory))
+
+
 def start() -> None:
     """Start this process's loops on the running event loop, once (later if none runs)."""
     global _started
@@ -88,6 +96,8 @@ def start() -> None:
     _tasks.spawn(_heartbeat_loop(), "stream-heartbeat")
     if settings.CALL_RECONCILER:
         _tasks.spawn(reconcile_loop(holder_name()), "call-reconciler")
+    for name, factory in _registered:
+        _tasks.spawn(factory(), name)
     atexit.register(_on_exit)
 
 

@@ -117,8 +117,29 @@ async def call_update_twiml(call_sid: str, twiml: str) -> None:
         await client.calls(call_sid).update_async(twiml=twiml)
 
 
-async def call_create(*, to: str, from_: str, url: str, status_callback: str) -> str:
-    """Place a call; Twilio fetches `url` for its TwiML once answered. Returns the CallSid."""
+async def call_create(
+    *,
+    to: str,
+    from_: str,
+    url: str,
+    status_callback: str,
+    machine_detection: str = "",
+    amd_callback: str = "",
+) -> str:
+    """Place a call; Twilio fetches `url` for its TwiML once answered. Returns the CallSid.
+
+    With `machine_detection` (Twilio's `Enable` or `DetectMessageEnd`) detection runs
+    asynchronously: the TwiML (our stream) starts at once, and the verdict is POSTed to
+    `amd_callback` (docs/twilio-rest.md#answering-machine-detection).
+    """
+    amd: dict[str, object] = {}
+    if machine_detection:
+        amd = {
+            "machine_detection": machine_detection,
+            "async_amd": "true",
+            "async_amd_status_callback": amd_callback,
+            "async_amd_status_callback_method": "POST",
+        }
     async with _client("call create") as client:
         call = await client.calls.create_async(
             to=to,
@@ -128,5 +149,6 @@ async def call_create(*, to: str, from_: str, url: str, status_callback: str) ->
             status_callback=status_callback,
             status_callback_method="POST",
             status_callback_event=["initiated", "ringing", "answered", "completed"],
+            **amd,
         )
     return call.sid

@@ -18,6 +18,7 @@ from django.views.decorators.http import require_POST
 
 from . import health, security, services
 from .webhook_forms import (
+    AmdForm,
     CallStatusForm,
     ConnectActionForm,
     DialActionForm,
@@ -115,6 +116,17 @@ def voice_status(request: HttpRequest, data: dict[str, Any]) -> HttpResponse:
         duration_seconds=data["CallDuration"],
         sequence=data["SequenceNumber"],
         at=data["Timestamp"],
+    )
+    return HttpResponse(status=204)
+
+
+@twilio_webhook(AmdForm)
+def voice_amd(request: HttpRequest, data: dict[str, Any]) -> HttpResponse:
+    """Asynchronous answering-machine detection's verdict on a call we placed."""
+    services.call_amd_record(
+        call_sid=data["CallSid"],
+        answered_by=data["AnsweredBy"],
+        detection_ms=data["MachineDetectionDuration"],
     )
     return HttpResponse(status=204)
 

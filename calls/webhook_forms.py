@@ -141,3 +141,14 @@ class DialActionForm(WebhookForm):
 
     DialCallStatus = _choice(DIAL_CALL_STATUSES, required=False)
     DialCallDuration = _count()
+
+
+class AmdForm(WebhookForm):
+    """Asynchronous answering-machine detection's verdict (AsyncAmdStatusCallback).
+
+    AnsweredBy stays free text of bounded size: a value Twilio adds later is recorded as
+    `unknown` by the service rather than refused, so the call is still greeted.
+    """
+
+    AnsweredBy = _text(32)
+    MachineDetectionDuration = _count()

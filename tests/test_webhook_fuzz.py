@@ -175,6 +175,18 @@ def webhooks(live_sid: str, finished_sid: str) -> dict[str, Webhook]:
             200,
             {"CallSid": call_sid, "AccountSid": account_sid},
         ),
+        "amd": Webhook(
+            "/twilio/voice/amd",
+            204,
+            {
+                "CallSid": call_sid,
+                "AccountSid": account_sid,
+                "AnsweredBy": text(
+                    st.sampled_from(["human", "machine_end_beep", "machine_start", "fax"])
+                ),
+                "MachineDetectionDuration": count(),
+            },
+        ),
         "dial-action": Webhook(
             "/twilio/voice/dial-action",
             200,
@@ -237,7 +249,7 @@ def answer_fresh_call(client) -> str:
     return sid
 
 
-WEBHOOKS = ["incoming", "status", "stream-status", "connect-action", "dial-action"]
+WEBHOOKS = ["incoming", "status", "stream-status", "amd", "connect-action", "dial-action"]
 
 
 @pytest.mark.parametrize("name", WEBHOOKS)

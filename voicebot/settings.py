@@ -169,6 +169,16 @@ STREAM_STALE_SECONDS = env_seconds("STREAM_STALE_SECONDS", 40.0)
 RECONCILE_INTERVAL_SECONDS = env_seconds("RECONCILE_INTERVAL_SECONDS", 15.0)
 RECONCILE_UNANSWERED_GRACE_SECONDS = env_seconds("RECONCILE_UNANSWERED_GRACE_SECONDS", 30.0)
 CALL_RECONCILER = env_bool("CALL_RECONCILER", True)
+
+# Outbound calls with answering-machine detection: how long the agent waits for Twilio's
+# verdict before greeting whoever answered (docs/twilio-rest.md#answering-machine-detection).
+AMD_WAIT_SECONDS = env_seconds("AMD_WAIT_SECONDS", 6.0)
+# Campaigns: run the dialler in every server process (or only in `manage.py run_campaigns`),
+# and how often it settles finished calls and places new ones.
+CAMPAIGN_DIALLER = env_bool("CAMPAIGN_DIALLER", True)
+CAMPAIGN_DIALLER_INTERVAL_SECONDS = env_seconds("CAMPAIGN_DIALLER_INTERVAL_SECONDS", 2.0)
+# A contact claimed by a dialler that never recorded a call for it is released after this.
+CAMPAIGN_CLAIM_STALE_SECONDS = env_seconds("CAMPAIGN_CLAIM_STALE_SECONDS", 120.0)
 if STREAM_STALE_SECONDS <= 2 * STREAM_HEARTBEAT_SECONDS:
     raise ImproperlyConfigured(
         "STREAM_STALE_SECONDS must be more than twice STREAM_HEARTBEAT_SECONDS, or a living "
@@ -207,6 +217,7 @@ INSTALLED_APPS = [
     "axes",
     "calls",
     "agents",
+    "campaigns",
 ]
 
 MIDDLEWARE = [

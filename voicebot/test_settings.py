@@ -28,6 +28,8 @@ TEST_ENVIRONMENT = {
     # No reconciler in the suite's servers unless a test asks for one: it would ask Twilio
     # about every test's calls.
     "CALL_RECONCILER": "false",
+    # Nor a campaign dialler: tests that run campaigns start their own.
+    "CAMPAIGN_DIALLER": "false",
 }
 os.environ.update(TEST_ENVIRONMENT)
 # Set even when empty, so that a developer's .env (read without overriding) cannot switch them.

@@ -6,6 +6,7 @@ from calls import views
 urlpatterns = [
     path("twilio/voice/incoming", views.voice_incoming, name="twilio-voice-incoming"),
     path("twilio/voice/status", views.voice_status, name="twilio-voice-status"),
+    path("twilio/voice/amd", views.voice_amd, name="twilio-voice-amd"),
     path("twilio/voice/connect-action", views.connect_action, name="twilio-connect-action"),
     path("twilio/voice/dial-action", views.dial_action, name="twilio-dial-action"),
     path("twilio/stream/status", views.stream_status, name="twilio-stream-status"),

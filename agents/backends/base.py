@@ -43,6 +43,7 @@ class AgentConfig:
     max_call_seconds: int
     idle_timeout_seconds: int
     targets: tuple[TargetConfig, ...] = ()
+    voicemail_message: str = ""
 
     @property
     def default_target(self) -> TargetConfig | None:

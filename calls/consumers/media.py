@@ -494,6 +494,10 @@ class MediaStreamConsumer(StreamingConsumer):
             return
         await self._reply(message)
 
+    async def call_amd(self, message: dict) -> None:
+        if self.session is not None:
+            self.session.amd_result(message["answered_by"])
+
     async def call_transferring(self, message: dict) -> None:
         self.transferring = True
         await self._reply(message)

@@ -18,6 +18,7 @@ from ..feed import (
     live_broadcast,
     transcript_summary,
 )
+from .amd import call_amd_record
 from .control import (
     STREAM_UNANSWERED,
     STREAM_UNREACHABLE,
@@ -87,6 +88,7 @@ __all__ = [
     "StreamUnreachable",
     "Outcome",
     "StreamOpened",
+    "call_amd_record",
     "call_answer",
     "call_broadcast",
     "call_clear_audio",

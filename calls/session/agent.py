@@ -48,7 +48,8 @@ from callmedia.audio import BYTES_PER_MS
 from callmedia.tasks import TaskSet
 from calls import services
 from calls.models import Actor
-from calls.session.config import agent_config_load
+from calls.services import amd
+from calls.session.config import call_plan_load
 from calls.session.endings import Endings
 from calls.session.port import StreamPort
 from calls.session.recorder import Recorder
@@ -71,6 +72,8 @@ CUT_OFF_MARGIN_MS = 100
 RECONNECT_BACKOFF_S = (0.0, 0.25, 0.5, 1.0)
 # A proactive renewal that could not connect is tried again this much later.
 RENEW_RETRY_S = 30.0
+# Twilio's `DetectMessageEnd` value: detection waits for the beep, so a message can be left.
+DETECT_MESSAGE_END = "DetectMessageEnd"
 
 
 class AgentSession:
@@ -120,6 +123,12 @@ class AgentSession:
         self._pending_says: list[str] = []
         self._dropped_responses: set[str] = set()
         self._segment_bytes = 0
+        # Answering-machine detection on a call we placed: until Twilio's verdict (or
+        # AMD_WAIT_SECONDS), the agent neither greets nor hears what answered.
+        self._machine_detection = ""
+        self._amd: asyncio.Future[str] | None = None
+        self._hearing = True
+        self._response_waiters: list[asyncio.Future[str]] = []
 
         # The conversation so far, replayed into a new model session (agents.history).
         self.history: list[Turn] = []
@@ -136,21 +145,38 @@ class AgentSession:
         self._started_at -= self.recorder.offset_base_ms / 1000
         self.recorder.start()
         try:
-            self.config = await database_sync_to_async(agent_config_load)(self.agent_id)
+            plan = await database_sync_to_async(call_plan_load)(self.call_id, self.agent_id)
             if self.resumed:
                 self.history = await database_sync_to_async(services.transcript_history)(
                     call_id=self.call_id
                 )
         except Exception:
             logger.exception("Call %s: cannot load agent %s", self.call_sid, self.agent_id)
+        else:
+            self.config = plan.config
+            if plan.missing_variables:
+                self.recorder.event(
+                    "prompt_variables_missing", Actor.SYSTEM, {"names": plan.missing_variables}
+                )
+            if plan.machine_detection and not self.resumed:
+                self._machine_detection = plan.machine_detection
+                self._amd = asyncio.get_running_loop().create_future()
+                self._hearing = False
+                if plan.answered_by:  # the verdict came before the stream
+                    self._amd.set_result(plan.answered_by)
         self._spawn(self._run(), "run")
         if self.config is not None:
             self._spawn(self._watchdog(), "watchdog")
 
     def caller_audio(self, payload_b64: str) -> None:
         backend = self.backend
-        if backend is not None:
+        if backend is not None and self._hearing:
             backend.send_audio(payload_b64)
+
+    def amd_result(self, answered_by: str) -> None:
+        """Twilio's answering-machine verdict (from any process, via the channel layer)."""
+        if self._amd is not None and not self._amd.done():
+            self._amd.set_result(answered_by)
 
     async def dtmf(self, digit: str) -> None:
         config, backend = self.config, self.backend
@@ -223,12 +249,13 @@ class AgentSession:
             return
         self._model_since = asyncio.get_running_loop().time()
         logger.info("Call %s: connected to %s", self.call_sid, self.config.backend)
+        self.backend = backend
         if self.resumed:
             self._restore(backend)  # the caller was greeted on the call's first stream
+        elif self._amd is not None:
+            self._spawn(self._after_machine_detection(), "amd")
         elif self.config.greeting:
-            self._awaiting_response = True
-            backend.say(self.config.greeting)
-        self.backend = backend
+            self.greet()
         while True:
             backend = self.backend
             lost = await self._listen(backend)
@@ -364,6 +391,61 @@ class AgentSession:
         self._awaiting_response = False
         self._respond_when_done = False
 
+    def greet(self) -> None:
+        if self.config is not None and self.config.greeting and self.backend is not None:
+            self._awaiting_response = True
+            self.backend.say(self.config.greeting)
+
+    async def _after_machine_detection(self) -> None:
+        """Greet a person once Twilio says it is one; leave a message or hang up on a machine.
+
+        Bounded by AMD_WAIT_SECONDS from the start of the stream: past it, the agent greets
+        whoever is there, as for an `unknown` verdict.
+        """
+        assert self._amd is not None and self.config is not None
+        loop = asyncio.get_running_loop()
+        bound_s = settings.AMD_WAIT_SECONDS - (loop.time() - self._started_at)
+        try:
+            answered_by = await asyncio.wait_for(asyncio.shield(self._amd), max(bound_s, 0))
+        except TimeoutError:
+            answered_by = ""
+            self.recorder.event(
+                "amd_timeout", Actor.SYSTEM, {"waited_s": settings.AMD_WAIT_SECONDS}
+            )
+        if self.phase is not Phase.ACTIVE:
+            return
+        message = self.config.voicemail_message.strip()
+        if not amd.is_machine(answered_by) and answered_by != amd.FAX:
+            logger.info("Call %s: answered by %s", self.call_sid, answered_by or "nobody knows")
+            self._hearing = True
+            self._touch()
+            self.greet()
+        elif answered_by in amd.MESSAGE_ENDS and self._machine_detection == DETECT_MESSAGE_END:
+            if message:
+                self.spawn_action(self.endings.voicemail(message), "voicemail")
+            else:
+                logger.warning("Call %s: no voicemail message to leave", self.call_sid)
+                self.spawn_action(self.endings.machine(answered_by), "machine")
+        else:
+            self.spawn_action(self.endings.machine(answered_by), "machine")
+
+    async def speak(self, text: str, timeout_s: float) -> bool:
+        """Say `text` as a response of its own; True once the model finished generating it."""
+        backend = self.backend
+        if backend is None or self.phase is not Phase.ACTIVE:
+            return False
+        waiter = asyncio.get_running_loop().create_future()
+        self._response_waiters.append(waiter)
+        self._awaiting_response = True
+        backend.say(text)
+        try:
+            return await asyncio.wait_for(waiter, timeout_s) == "completed"
+        except TimeoutError:
+            return False
+        finally:
+            if waiter in self._response_waiters:
+                self._response_waiters.remove(waiter)
+
     def _handle(self, event: BackendEvent) -> None:
         if type(event) is AudioDelta:  # nearly every event: skip the lookup
             self._on_audio(event)
@@ -413,6 +495,10 @@ class AgentSession:
         # Whatever we asked for has started by now, or was refused because this one was on.
         self._awaiting_response = False
         self.end_segment()
+        waiters, self._response_waiters = self._response_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(event.status)
         if event.status == "failed":
             logger.warning("Call %s: model response %s failed", self.call_sid, event.response_id)
         if self._pending_says and self.backend is not None and self.phase is Phase.ACTIVE:

@@ -27,6 +27,8 @@ logger = logging.getLogger(__name__)
 PLAYOUT_WAIT_S = 10.0
 # Extra time, beyond a clip's length, for its mark to come back.
 CLIP_WAIT_MARGIN_S = 5.0
+# How long the model may take to produce a voicemail message.
+VOICEMAIL_GENERATION_S = 30.0
 
 APOLOGY_CLIP = "apology"
 GOODBYE_CLIP = "goodbye"
@@ -57,6 +59,30 @@ class Endings:
         reason = str(event.arguments.get("reason", ""))[:200]
         logger.info("Call %s: agent ends the call (%s)", session.call_sid, reason)
         await self.hang_up(EndReason.AGENT_ENDED, Actor.AGENT)
+
+    # -- an answering machine -----------------------------------------------------------
+
+    async def voicemail(self, message: str) -> None:
+        """After the beep: say the message word for word, and hang up once it has played."""
+        session = self.session
+        if session.phase is not Phase.ACTIVE:
+            return
+        logger.info("Call %s: leaving a voicemail message", session.call_sid)
+        generated = await session.speak(message, VOICEMAIL_GENERATION_S)
+        played = generated and await self._played_out()
+        if played:
+            session.recorder.event("voicemail_left", Actor.AGENT, {"chars": len(message)})
+        else:
+            session.recorder.event("voicemail_failed", Actor.SYSTEM, {"generated": generated})
+        await self.hang_up(EndReason.VOICEMAIL if played else EndReason.MACHINE, Actor.AGENT)
+
+    async def machine(self, answered_by: str) -> None:
+        """A machine (no message to leave) or a fax answered: hang up at once."""
+        session = self.session
+        if session.phase is not Phase.ACTIVE:
+            return
+        logger.info("Call %s: %s answered; hanging up", session.call_sid, answered_by)
+        await self.hang_up(EndReason.MACHINE, Actor.SYSTEM)
 
     # -- transfers -------------------------------------------------------------------------
 
