@@ -1,5 +1,6 @@
 from django.contrib import admin
 from django.urls import path
+from django.views.generic import RedirectView
 
 from calls import views
 
@@ -11,4 +12,6 @@ urlpatterns = [
     path("twilio/stream/status", views.stream_status, name="twilio-stream-status"),
     path("healthz", views.healthz, name="healthz"),
     path("admin/", admin.site.urls),
+    # Nothing else is served to people: the root leads to the console.
+    path("", RedirectView.as_view(pattern_name="admin:index"), name="home"),
 ]
