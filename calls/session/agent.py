@@ -131,6 +131,9 @@ class AgentSession:
             backend.keypad(digit, transferring=True)
             self.spawn_action(self.endings.key_transfer(digit, target), "dtmf-transfer")
             return
+        if digit == config.transfer_digit:
+            # The caller wants a person and this agent has nobody: staff should know.
+            self.recorder.event("transfer_unavailable", Actor.CALLER, {"digit": digit})
         backend.keypad(digit, transferring=False)
         if self._dtmf_timer is not None:
             self._dtmf_timer.cancel()
