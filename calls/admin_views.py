@@ -261,7 +261,12 @@ def detail(request: HttpRequest, object_id: str, model_admin: ModelAdmin) -> Htt
         "call": call,
         "duration": labels.duration_label(call),
         "transcript": [
-            (line, labels.offset_label(line.offset_ms), labels.interruption_label(line))
+            (
+                line,
+                labels.offset_label(line.offset_ms),
+                labels.interruption_label(line),
+                labels.speaker_label(line),
+            )
             for line in call.transcript.all()
         ],
         "events": [

@@ -135,7 +135,7 @@ def transcript_summary(entry: TranscriptEntry) -> dict[str, Any]:
     return {
         "id": entry.pk,
         "speaker": entry.speaker,
-        "speaker_label": entry.get_speaker_display(),
+        "speaker_label": labels.speaker_label(entry),
         "text": entry.text,
         "offset_ms": entry.offset_ms,
         "offset_label": labels.offset_label(entry.offset_ms),

@@ -79,6 +79,13 @@ def agent_label(call: Call) -> str:
     return f"{name} ({number})" if number else name
 
 
+def speaker_label(entry: TranscriptEntry) -> str:
+    """"Caller", "Agent", or "Agent (said for alice)" for a sentence staff typed."""
+    if entry.said_for:
+        return f"{entry.get_speaker_display()} (said for {entry.said_for})"
+    return entry.get_speaker_display()
+
+
 def interruption_label(entry: TranscriptEntry) -> str:
     """ "Interrupted: caller heard 1.3 s" for an agent line cut off; "" for a whole one."""
     if not entry.interrupted:
@@ -129,7 +136,7 @@ EVENT_LABELS = {
     "clear": "Cleared the audio",
     "play": "Played a recording",
     "say": "Asked the agent to say",
-    "staff_say_spoken": "Agent said, for staff",
+    "staff_say_spoken": "The agent said it aloud",
     "transfer": "Transferred",
     "transfer_failed": "Transfer failed",
     "transfer_ended": "The person's call ended",

@@ -242,6 +242,8 @@ class TranscriptEntry(models.Model):
         null=True, blank=True, help_text="For an interrupted agent line: how much the caller heard"
     )
     item_id = models.CharField(max_length=64, blank=True)
+    # An agent line staff typed (Say): whom the agent said it for.
+    said_for = models.CharField(max_length=150, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
