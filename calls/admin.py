@@ -3,7 +3,7 @@ from collections.abc import Callable
 from django.contrib import admin, messages
 from django.urls import URLPattern, path
 
-from . import admin_views, labels
+from . import admin_views, labels, trial_views
 from .models import LIVE_STATUSES, Call, CallEvent
 
 # The call list's columns, in one place, narrow enough for a 1366 px screen with the
@@ -45,6 +45,8 @@ class CallAdmin(admin.ModelAdmin):
             route("<uuid:call_id>/transfer/", admin_views.transfer, "transfer"),
             route("<uuid:call_id>/say/", admin_views.say, "say"),
             route("<uuid:call_id>/mark-ended/", admin_views.mark_ended, "mark_ended"),
+            route("test-agent/<int:agent_id>/", trial_views.start, "test_agent"),
+            route("test-agent/run/<str:call_sid>/", trial_views.progress, "trial"),
             *super().get_urls(),
         ]
 
