@@ -27,7 +27,6 @@ def page_of(client, call: Call) -> str:
 @pytest.mark.parametrize(
     ("reason", "words"),
     [
-        (EndReason.CALLER_HANGUP, "Ended: caller hung up"),
         (EndReason.AGENT_ENDED, "Ended: agent said goodbye"),
         (EndReason.TIMEOUT, "Ended: time or silence limit reached"),
         (EndReason.TRANSFERRED, "Ended: transferred to a person"),
