@@ -23,11 +23,7 @@ run: export DJANGO_DEBUG ?= true
 run: $(VENV)/.runtime-installed
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py seed_demo
-	@echo
-	@echo "  voicebot is starting on http://$(HOST):$(PORT)/admin/"
-	@echo "  No staff login yet? In another terminal run:  make superuser"
-	@echo "  Then try a whole call with no phone:  make call"
-	@echo
+	@$(BIN)/python manage.py run_banner --host $(HOST) --port $(PORT)
 	$(BIN)/daphne -b $(HOST) -p $(PORT) voicebot.asgi:application
 
 # A simulated phone call against the server `make run` started.

@@ -3,23 +3,28 @@ from collections.abc import Callable
 from django.contrib import admin, messages
 from django.urls import URLPattern, path
 
-from . import admin_views
+from . import admin_views, labels, trial_views
 from .models import LIVE_STATUSES, Call, CallEvent
+
+# The call list's columns, in one place, narrow enough for a 1366 px screen with the
+# filters beside them. The SID is on the call's page. A call's outcome, where the model has
+# one, goes after its duration.
+_HAS_OUTCOME = any(field.name == "outcome" for field in Call._meta.get_fields())
+CALL_LIST_COLUMNS = [
+    "caller",
+    "agent_name",
+    "started",
+    "duration",
+    *(["outcome"] if _HAS_OUTCOME else []),
+    "end_reason",
+    "status",
+]
 
 
 @admin.register(Call)
 class CallAdmin(admin.ModelAdmin):
-    list_display = [
-        "sid",
-        "direction",
-        "from_number",
-        "to_number",
-        "agent",
-        "status",
-        "created_at",
-        "duration_seconds",
-        "end_reason",
-    ]
+    list_display = CALL_LIST_COLUMNS
+    list_display_links = ["caller"]
     list_filter = ["status", "direction", "end_reason", "agent", "created_at"]
     search_fields = ["sid", "from_number", "to_number"]
     date_hierarchy = "created_at"
@@ -40,6 +45,8 @@ class CallAdmin(admin.ModelAdmin):
             route("<uuid:call_id>/transfer/", admin_views.transfer, "transfer"),
             route("<uuid:call_id>/say/", admin_views.say, "say"),
             route("<uuid:call_id>/mark-ended/", admin_views.mark_ended, "mark_ended"),
+            route("test-agent/<int:agent_id>/", trial_views.start, "test_agent"),
+            route("test-agent/run/<str:call_sid>/", trial_views.progress, "trial"),
             *super().get_urls(),
         ]
 
@@ -47,10 +54,30 @@ class CallAdmin(admin.ModelAdmin):
         # Calls are written only by services: their page shows what happened, and steers.
         return admin_views.detail(request, object_id, model_admin=self)
 
+    @admin.display(description="caller", ordering="from_number")
+    def caller(self, call: Call) -> str:
+        return labels.caller_label(call)
+
+    @admin.display(description="agent", ordering="agent__name")
+    def agent_name(self, call: Call) -> str:
+        return call.agent.name if call.agent_id else "–"
+
+    @admin.display(description="started", ordering="created_at")
+    def started(self, call: Call) -> str:
+        return labels.time_label(call.created_at, with_date=True)
+
+    @admin.display(description="duration", ordering="duration_seconds")
+    def duration(self, call: Call) -> str:
+        return labels.duration_label(call) or "–"
+
     def has_add_permission(self, request) -> bool:
         return False
 
     def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        # Calls are the audit trail: nobody deletes one from the admin, superusers included.
         return False
 
     def has_hangup_permission(self, request) -> bool:
@@ -86,3 +113,6 @@ class CallEventAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None) -> bool:
         return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False  # a call's log is part of its audit trail

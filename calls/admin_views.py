@@ -101,6 +101,7 @@ def live(request: HttpRequest, model_admin: ModelAdmin) -> HttpResponse:
         "say_form": SayForm(auto_id=False),
         "transfer_form": TransferForm(auto_id=False),
         "can_place": may(request.user, PLACE_PERMISSION),
+        "zone_label": labels.time_zone_label(),
     }
     return TemplateResponse(request, "admin/calls/call/live.html", context)
 
@@ -285,11 +286,20 @@ def detail(request: HttpRequest, object_id: str, model_admin: ModelAdmin) -> Htt
         "call": call,
         "duration": labels.duration_label(call),
         "transcript": [
-            (line, labels.offset_label(line.offset_ms), labels.interruption_label(line))
+            (
+                line,
+                labels.offset_label(line.offset_ms),
+                labels.interruption_label(line),
+                labels.speaker_label(line),
+            )
             for line in call.transcript.all()
         ],
         "events": [
-            (event, labels.event_label(event.kind), labels.event_details(event.data))
+            (
+                event,
+                labels.event_label(event.kind),
+                labels.event_details(event.data, kind=event.kind),
+            )
             for event in events
         ],
         "streams": streams,
@@ -300,6 +310,7 @@ def detail(request: HttpRequest, object_id: str, model_admin: ModelAdmin) -> Htt
         # No targets, no transfer: the form is left out.
         "transfer_form": TransferForm(targets=targets, auto_id=False) if targets else None,
         "has_delete_permission": model_admin.has_delete_permission(request, call),
+        "zone_label": labels.time_zone_label(),
     }
     return TemplateResponse(request, "admin/calls/call/detail.html", context)
 

@@ -3,23 +3,33 @@
 The live page's socket (/ws/calls/live) gets a snapshot when it connects and when it asks
 ({"action": "resync"}), then deltas, each a dict with an "event" key:
 
-    snapshot    {"now", "targets", "calls": [call summary + "transcript" + "events"]}
+    snapshot    {"now", "time_zone_label", "targets",
+                 "calls": [call summary + "transcript" + "events"]}
     call        {"call": call summary}
     transcript  {"call_id", "entry": transcript line}        a line, new or updated
     event       {"call_id", "entry": event}                  one entry of a call's log
     speaking    {"call_id", "speaker": "caller" | "agent" | ""}
 
 Every shape carries the words the page shows (the `*_label` fields, from calls.labels), so
-the page formats nothing itself. Messages go through channels-redis, so they hold only
-strings, numbers, booleans, lists and dicts. Broadcasts of stored changes are sent once the
-transaction that made them commits. They are best effort: when the channel layer is down
-they are dropped (logged once per outage) and the pages re-sync when they reconnect.
+the page formats nothing itself. Times of day are the viewer's: each socket formats them in
+its staff member's time zone as it sends (`for_viewer`), and the snapshot names the zone.
+A call summary's `needs_attention` lists, in words, what about the call a person should
+look at (the model failed, the caller could not reach a person, the caller keeps talking
+over the agent); the events that cause one send the call's summary again.
+
+Messages go through channels-redis, so they hold only strings, numbers, booleans, lists and
+dicts. Broadcasts of stored changes are sent once the transaction that made them commits.
+They are best effort: when the channel layer is down they are dropped (logged once per
+outage) and the pages re-sync when they reconnect.
 """
 
 import asyncio
 import logging
 import time
+from collections.abc import Iterable
+from datetime import datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
@@ -49,12 +59,52 @@ SNAPSHOT_MAX_CALLS = 200
 # A value in an event's details, as a card has room for it.
 EVENT_VALUE_MAX_CHARS = 80
 
+# A caller who interrupts the agent this often within the window needs a person's look.
+INTERRUPTIONS_FOR_ATTENTION = 3
+INTERRUPTION_WINDOW = timedelta(seconds=60)
+ATTENTION_REASONS = {
+    "agent_error": "The agent's model failed",
+    "transfer_unavailable": "The caller pressed the transfer key; nobody to transfer to",
+    "transfer_failed": "A transfer failed",
+    "hangup_failed": "Hanging up failed",
+}
+INTERRUPTIONS_REASON = (
+    f"The caller keeps talking over the agent ({INTERRUPTIONS_FOR_ATTENTION}+ times in a minute)"
+)
+ATTENTION_KINDS = frozenset({*ATTENTION_REASONS, "barge_in"})
+
 
 # --- shapes ---------------------------------------------------------------------------------
 
 
-def call_summary(call: Call) -> dict[str, Any]:
-    """A small, msgpack-safe description of a call for the live feed."""
+def needs_attention(events: Iterable[tuple[str, datetime]]) -> list[str]:
+    """What about a call needs a person's look, in words, from its (kind, when) events."""
+    reasons: list[str] = []
+    interruptions: list[datetime] = []
+    for kind, at in sorted(events, key=lambda event: event[1]):
+        if kind == "barge_in":
+            interruptions.append(at)
+            recent = [t for t in interruptions if at - t <= INTERRUPTION_WINDOW]
+            if len(recent) >= INTERRUPTIONS_FOR_ATTENTION and INTERRUPTIONS_REASON not in reasons:
+                reasons.append(INTERRUPTIONS_REASON)
+        elif kind in ATTENTION_REASONS and ATTENTION_REASONS[kind] not in reasons:
+            reasons.append(ATTENTION_REASONS[kind])
+    return reasons
+
+
+def _attention_events(call: Call) -> list[tuple[str, datetime]]:
+    return list(
+        CallEvent.objects.filter(call=call, kind__in=ATTENTION_KINDS).values_list(
+            "kind", "created_at"
+        )
+    )
+
+
+def call_summary(call: Call, *, events: Iterable[CallEvent] | None = None) -> dict[str, Any]:
+    """A small, msgpack-safe description of a call for the live feed.
+
+    `events`: the call's events if they are at hand (else its attention events are read).
+    """
     # The page drops a call that is over, saying why.
     ended = not call.is_live or call.ended_at is not None
     return {
@@ -79,6 +129,11 @@ def call_summary(call: Call) -> dict[str, Any]:
         "end_reason_label": call.get_end_reason_display(),
         "transferred_to": call.transferred_to,
         "transferred_label": labels.transferred_label(call),
+        "needs_attention": needs_attention(
+            _attention_events(call)
+            if events is None
+            else ((event.kind, event.created_at) for event in events)
+        ),
     }
 
 
@@ -86,7 +141,7 @@ def transcript_summary(entry: TranscriptEntry) -> dict[str, Any]:
     return {
         "id": entry.pk,
         "speaker": entry.speaker,
-        "speaker_label": entry.get_speaker_display(),
+        "speaker_label": labels.speaker_label(entry),
         "text": entry.text,
         "offset_ms": entry.offset_ms,
         "offset_label": labels.offset_label(entry.offset_ms),
@@ -102,7 +157,9 @@ def event_summary(event: CallEvent) -> dict[str, Any]:
         "kind_label": labels.event_label(event.kind),
         "actor": event.actor_label,
         "data": event.data,
-        "details": labels.event_details(event.data, value_max_chars=EVENT_VALUE_MAX_CHARS),
+        "details": labels.event_details(
+            event.data, kind=event.kind, value_max_chars=EVENT_VALUE_MAX_CHARS
+        ),
         "at": event.created_at.isoformat(),
     }
 
@@ -147,7 +204,7 @@ def snapshot() -> dict[str, Any]:
         "targets": targets,
         "calls": [
             {
-                **call_summary(call),
+                **call_summary(call, events=call.events.all()),
                 "transcript": [
                     transcript_summary(entry)
                     for entry in list(call.transcript.all())[-SNAPSHOT_TRANSCRIPT_LINES:]
@@ -243,6 +300,42 @@ def transcript_broadcast(entry: TranscriptEntry) -> None:
 
 def event_broadcast(event: CallEvent) -> None:
     live_broadcast("event", call_id=str(event.call_id), entry=event_summary(event))
+    if event.kind in ATTENTION_KINDS:
+        call = Call.objects.select_related("agent").filter(pk=event.call_id).first()
+        if call is not None:
+            call_broadcast(call)
+
+
+# --- for one viewer -------------------------------------------------------------------------
+
+
+def for_viewer(message: dict[str, Any], zone: ZoneInfo) -> dict[str, Any]:
+    """`message` with its times of day in the viewer's time zone (`*_label` fields added)."""
+    kind = message.get("event")
+    if kind == "snapshot":
+        calls = [_call_for_viewer(call, zone) for call in message["calls"]]
+        return {**message, "time_zone_label": labels.time_zone_label(zone), "calls": calls}
+    if kind == "call":
+        return {**message, "call": _call_for_viewer(message["call"], zone)}
+    if kind == "event":
+        return {**message, "entry": _event_for_viewer(message["entry"], zone)}
+    return message
+
+
+def _call_for_viewer(call: dict[str, Any], zone: ZoneInfo) -> dict[str, Any]:
+    started = labels.time_label(_parsed(call.get("created_at")), zone=zone)
+    localized = {**call, "started_time": started}
+    if "events" in call:
+        localized["events"] = [_event_for_viewer(entry, zone) for entry in call["events"]]
+    return localized
+
+
+def _event_for_viewer(entry: dict[str, Any], zone: ZoneInfo) -> dict[str, Any]:
+    return {**entry, "at_label": labels.time_label(_parsed(entry.get("at")), zone=zone)}
+
+
+def _parsed(iso: str | None) -> datetime | None:
+    return datetime.fromisoformat(iso) if iso else None
 
 
 SPEAKERS_AUDIBLE = tuple(labels.SPEAKING_LABELS)

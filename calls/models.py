@@ -1,7 +1,9 @@
 import uuid
 from datetime import datetime, timedelta
+from zoneinfo import available_timezones
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -44,12 +46,13 @@ class Direction(models.TextChoices):
 
 
 class EndReason(models.TextChoices):
+    # Labels read on their own (the call list) and after "Ended: " (the live view).
     CALLER_HANGUP = "caller_hangup", "Caller hung up"
-    AGENT_ENDED = "agent_ended", "Agent ended"
+    AGENT_ENDED = "agent_ended", "Agent said goodbye"
     STAFF_HANGUP = "staff_hangup", "Staff hung up"
-    TRANSFERRED = "transferred", "Transferred"
-    FAILED = "failed", "Failed"
-    TIMEOUT = "timeout", "Timeout"
+    TRANSFERRED = "transferred", "Transferred to a person"
+    FAILED = "failed", "Something failed (see the call's log)"
+    TIMEOUT = "timeout", "Time or silence limit reached"
     NO_AGENT = "no_agent", "No agent for the number"
     # Found out after the fact: the process holding the call died and Twilio says it is over.
     SERVER_LOST = "server_lost", "Ended while the server was down"
@@ -248,6 +251,8 @@ class TranscriptEntry(models.Model):
         null=True, blank=True, help_text="For an interrupted agent line: how much the caller heard"
     )
     item_id = models.CharField(max_length=64, blank=True)
+    # An agent line staff typed (Say): whom the agent said it for.
+    said_for = models.CharField(max_length=150, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -283,3 +288,26 @@ class CallEvent(models.Model):
         if self.user_id:
             return f"staff {self.user}"
         return self.get_actor_display()
+
+
+def time_zone_validator(value: str) -> None:
+    if value and value not in available_timezones():
+        raise ValidationError(f"“{value}” is not a time zone.")
+
+
+class StaffProfile(models.Model):
+    """A staff member's own settings for the console."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="staff_profile"
+    )
+    # Empty: the server's TIME_ZONE.
+    time_zone = models.CharField(
+        max_length=64,
+        blank=True,
+        validators=[time_zone_validator],
+        help_text="Every time in the console is shown in this zone.",
+    )
+
+    def __str__(self) -> str:
+        return f"{self.user}: {self.time_zone or 'server time zone'}"

@@ -73,8 +73,9 @@ class PageErrors(list):
             self.append(f"{response.status} for {request.resource_type} {request.url}")
 
 
-async def new_page(browser: Browser, errors: PageErrors) -> Page:
-    context = await browser.new_context(viewport={"width": 1400, "height": 1000})
+async def new_page(browser: Browser, errors: PageErrors, **options) -> Page:
+    """A page in a fresh context; `options` for the context (viewport, timezone_id, …)."""
+    context = await browser.new_context(**{"viewport": {"width": 1400, "height": 1000}, **options})
     page = await context.new_page()
     errors.watch(page)
     return page

@@ -206,3 +206,28 @@ async def test_events_end_after_close(backend):
     await backend.close()
 
     assert await collect(backend, ResponseDone) == []
+
+
+async def test_with_nobody_to_transfer_to_its_menu_offers_no_person():
+    # An agent with no transfer targets must not tell the caller to press 0 for a person.
+    backend = LocalBackend(config(transfer_digit="0", targets=()), call_sid="CA1")
+    await backend.connect()
+    try:
+        backend.keypad("0", transferring=False)
+        backend.create_response()
+        nobody = await collect(backend, ResponseDone)
+        backend.keypad("5", transferring=False)
+        backend.create_response()
+        other_key = await collect(backend, ResponseDone)
+        backend.create_response()
+        reply = await collect(backend, ResponseDone)
+    finally:
+        await backend.close()
+
+    said = [e.text for e in nobody + other_key + reply if type(e) is AgentTranscript]
+    assert said[0].startswith("Sorry, there is nobody I can connect you to.")
+    assert len(said) == 3
+    for text in said:
+        assert "press 0" not in text.lower(), text
+        assert "pound key to end the call" in text
+    assert not any(type(e) is ToolCall for e in nobody)

@@ -1,7 +1,8 @@
 from django.contrib import admin
 from django.urls import path
+from django.views.generic import RedirectView
 
-from calls import views
+from calls import profile_views, views
 
 urlpatterns = [
     path("twilio/voice/incoming", views.voice_incoming, name="twilio-voice-incoming"),
@@ -11,5 +12,9 @@ urlpatterns = [
     path("twilio/voice/dial-action", views.dial_action, name="twilio-dial-action"),
     path("twilio/stream/status", views.stream_status, name="twilio-stream-status"),
     path("healthz", views.healthz, name="healthz"),
+    # Ahead of the admin's own patterns, which would take "profile/" for an app's name.
+    path("admin/profile/", admin.site.admin_view(profile_views.profile), name="staff-profile"),
     path("admin/", admin.site.urls),
+    # Nothing else is served to people: the root leads to the console.
+    path("", RedirectView.as_view(pattern_name="admin:index"), name="home"),
 ]

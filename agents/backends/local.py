@@ -52,15 +52,18 @@ SPEECH_STOP_MS = 600  # this much quiet audio in a row ends it
 # Agent audio goes out in chunks of this size, like the model's deltas.
 DELTA_BYTES = 100 * BYTES_PER_MS
 
+# The menu offers only what the agent can do: "0" reaches a person only if it has a default
+# transfer target to reach.
 MENU = "Press 0 to talk to a person, or the pound key to end the call."
-REPLIES = (
-    "I'm the offline demo agent, so I can't understand what you said. " + MENU,
-    "Sorry, I only know a few tricks. " + MENU,
-    "Thanks for talking to me. " + MENU,
+MENU_WITHOUT_TRANSFER = "Press the pound key to end the call."
+REPLY_OPENINGS = (
+    "I'm the offline demo agent, so I can't understand what you said.",
+    "Sorry, I only know a few tricks.",
+    "Thanks for talking to me.",
 )
 GOODBYE = "Thank you for calling. Goodbye!"
 CONNECTING = "Connecting you to a person now."
-NOBODY_TO_TRANSFER = "Sorry, there is nobody I can connect you to. " + MENU
+NOBODY_TO_TRANSFER = "Sorry, there is nobody I can connect you to. " + MENU_WITHOUT_TRANSFER
 
 
 @dataclass(frozen=True)
@@ -119,7 +122,8 @@ class LocalBackend(Backend):
         self._work: Outbox[_Utterance] = Outbox(self._respond, name=f"local-agent-{call_sid}")
         self._speaking: asyncio.Task[None] | None = None
         self._ids = itertools.count(1)
-        self._replies = itertools.cycle(REPLIES)
+        self.menu = MENU if config.default_target is not None else MENU_WITHOUT_TRANSFER
+        self._replies = itertools.cycle(f"{opening} {self.menu}" for opening in REPLY_OPENINGS)
         self._caller_item = ""
         self._pending_key = ""
         self._closing = False
@@ -129,7 +133,7 @@ class LocalBackend(Backend):
     async def connect(self) -> None:
         try:
             # Loads espeak-ng (and caches the greeting) now, so a broken install fails here.
-            await speech.speak(self.config.greeting or MENU)
+            await speech.speak(self.config.greeting or self.menu)
         except (OSError, speech.SpeechError) as error:
             raise BackendUnavailable(f"espeak-ng is not usable: {error}") from error
         self._events = asyncio.Queue()
@@ -213,7 +217,7 @@ class LocalBackend(Backend):
                 return _Utterance(NOBODY_TO_TRANSFER)
             arguments = {"target": target.name, "reason": "the caller pressed 0"}
             return _Utterance(CONNECTING, TRANSFER_TO_HUMAN, arguments)
-        return _Utterance(f"You pressed {'star' if key == '*' else key}. {MENU}")
+        return _Utterance(f"You pressed {'star' if key == '*' else key}. {self.menu}")
 
     def _queue(self, utterance: _Utterance) -> None:
         if self._closing:

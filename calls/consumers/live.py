@@ -7,6 +7,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from calls import feed
 from calls.models import LIVE_CALLS_GROUP
+from calls.staff import staff_time_zone
 
 # WebSocket close code for a policy violation: a socket we will not serve.
 CLOSE_POLICY_VIOLATION = 1008
@@ -20,9 +21,11 @@ class LiveCallsConsumer(AsyncJsonWebsocketConsumer):
         if not await database_sync_to_async(_may_watch)(user):
             await self.close(code=CLOSE_POLICY_VIOLATION)
             return
+        # Times of day go out in the staff member's own zone, as their pages show them.
+        self.zone = await database_sync_to_async(staff_time_zone)(user=user)
         await self.channel_layer.group_add(LIVE_CALLS_GROUP, self.channel_name)
         await self.accept()
-        await self.send_json(await database_sync_to_async(feed.snapshot)())
+        await self._send_snapshot()
 
     async def disconnect(self, code: int) -> None:
         await self.channel_layer.group_discard(LIVE_CALLS_GROUP, self.channel_name)
@@ -30,10 +33,15 @@ class LiveCallsConsumer(AsyncJsonWebsocketConsumer):
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
         # The page asks for a fresh snapshot after reconnecting; nothing else is accepted.
         if isinstance(content, dict) and content.get("action") == "resync":
-            await self.send_json(await database_sync_to_async(feed.snapshot)())
+            await self._send_snapshot()
 
     async def live_event(self, message: dict) -> None:
-        await self.send_json({key: value for key, value in message.items() if key != "type"})
+        delta = {key: value for key, value in message.items() if key != "type"}
+        await self.send_json(feed.for_viewer(delta, self.zone))
+
+    async def _send_snapshot(self) -> None:
+        snapshot = await database_sync_to_async(feed.snapshot)()
+        await self.send_json(feed.for_viewer(snapshot, self.zone))
 
 
 def _may_watch(user: Any) -> bool:

@@ -32,8 +32,11 @@ def transcript_add(
     item_id: str = "",
     interrupted: bool = False,
     heard_ms: int | None = None,
+    said_for: str = "",
 ) -> TranscriptEntry:
+    """`said_for`: the staff member an agent line was spoken for (a sentence they typed)."""
     entry = TranscriptEntry.objects.create(
+        said_for=said_for,
         call_id=call_id,
         speaker=speaker,
         text=text,

@@ -121,6 +121,9 @@ class AgentSession:
         self._awaiting_response = False  # we asked for one; response.created not seen yet
         self._respond_when_done = False
         self._pending_says: list[str] = []
+        # Sentences staff typed: the one asked of the model, then by the response speaking it.
+        self._say_asked: str | None = None
+        self._staff_says: dict[str, str] = {}
         self._dropped_responses: set[str] = set()
         self._segment_bytes = 0
         # Answering-machine detection on a call we placed: until Twilio's verdict (or
@@ -189,6 +192,9 @@ class AgentSession:
             backend.keypad(digit, transferring=True)
             self.spawn_action(self.endings.key_transfer(digit, target), "dtmf-transfer")
             return
+        if digit == config.transfer_digit:
+            # The caller wants a person and this agent has nobody: staff should know.
+            self.recorder.event("transfer_unavailable", Actor.CALLER, {"digit": digit})
         backend.keypad(digit, transferring=False)
         if self._dtmf_timer is not None:
             self._dtmf_timer.cancel()
@@ -202,8 +208,7 @@ class AgentSession:
             logger.warning("Call %s: cannot say %r now: no model connected", self.call_sid, text)
             return False
         if self._active_response is None and not self._awaiting_response:
-            self._awaiting_response = True
-            self.backend.say(text)
+            self._say_for_staff(text)
         else:
             self._pending_says.append(text)
         return True
@@ -463,6 +468,8 @@ class AgentSession:
         if item.offset_ms is None:
             item.offset_ms = self.port.now_ms
             item.response_id = event.response_id
+            if event.response_id in self._staff_says:
+                self._staff_say_spoken(item, self._staff_says.pop(event.response_id))
         self.port.send_audio(event.item_id, event.payload_b64, event.nbytes)
         if self._speaker != "agent" and not self._caller_speaking:
             self._set_speaker("agent")
@@ -488,6 +495,9 @@ class AgentSession:
     def _on_response_created(self, event: ResponseCreated) -> None:
         self._active_response = event.response_id
         self._awaiting_response = False
+        if self._say_asked is not None:
+            self._staff_says[event.response_id] = self._say_asked
+            self._say_asked = None
 
     def _on_response_done(self, event: ResponseDone) -> None:
         if self._active_response == event.response_id:
@@ -502,10 +512,20 @@ class AgentSession:
         if event.status == "failed":
             logger.warning("Call %s: model response %s failed", self.call_sid, event.response_id)
         if self._pending_says and self.backend is not None and self.phase is Phase.ACTIVE:
-            self._awaiting_response = True
-            self.backend.say(self._pending_says.pop(0))
+            self._say_for_staff(self._pending_says.pop(0))
         elif self._respond_when_done:
             self.respond()
+
+    def _say_for_staff(self, text: str) -> None:
+        assert self.backend is not None
+        self._awaiting_response = True
+        self._say_asked = text
+        self.backend.say(text)
+
+    def _staff_say_spoken(self, item: ModelItem, text: str) -> None:
+        """A sentence staff typed starts playing now: its line and log entry say so, now."""
+        item.staff_say = text
+        self.recorder.staff_say_spoken(text=text)
 
     def _on_transcript_delta(self, event: AgentTranscriptDelta) -> None:
         self._item(event.item_id).text.append(event.text)
@@ -700,7 +720,11 @@ class AgentSession:
         item.written = True
         offset_ms = item.offset_ms if item.offset_ms is not None else self.port.now_ms
         self.recorder.agent_line(
-            item_id=item.id, text=text, offset_ms=offset_ms, heard_ms=item.heard_ms
+            item_id=item.id,
+            text=text,
+            offset_ms=offset_ms,
+            heard_ms=item.heard_ms,
+            staff_say=item.staff_say,
         )
         self.history.append(
             Turn(AGENT, text, self.recorder.call_offset_ms(offset_ms), item.heard_ms, item.id)

@@ -15,7 +15,7 @@ from django.db import IntegrityError, transaction
 
 from callmedia.outbox import Outbox
 from calls import services
-from calls.models import Call, Speaker
+from calls.models import Actor, Call, CallEvent, Speaker
 
 logger = logging.getLogger(__name__)
 
@@ -27,11 +27,55 @@ Write = tuple[Callable[..., Any], dict[str, Any]]
 
 def _event_record(*, call_id: str, kind: str, actor: str, data: dict[str, Any]) -> None:
     # The call's id is all an event needs: no query to load the call first.
+    # What the session does for staff (cutting the agent off on Clear) is theirs: the log
+    # names the same person for the click and for what it did.
+    user = _staff_clear_user(call_id) if actor == Actor.STAFF else None
     try:
         with transaction.atomic():
-            services.call_event_record(call=Call(pk=call_id), kind=kind, actor=actor, data=data)
+            services.call_event_record(
+                call=Call(pk=call_id), kind=kind, actor=actor, user=user, data=data
+            )
     except IntegrityError:
         logger.info("Call %s: not recording %s, the call was deleted", call_id, kind)
+
+
+def _staff_clear_user(call_id: str) -> Any:
+    event = (
+        CallEvent.objects.filter(call_id=call_id, kind="clear", user__isnull=False)
+        .select_related("user")
+        .order_by("-created_at", "-id")
+        .first()
+    )
+    return event.user if event is not None else None
+
+
+def _staff_say_user(call_id: str, text: str) -> Any:
+    """The staff member who asked for `text` on the call: the latest "say" of it."""
+    event = (
+        CallEvent.objects.filter(call_id=call_id, kind="say", data__text=text)
+        .select_related("user")
+        .order_by("-created_at", "-id")
+        .first()
+    )
+    return event.user if event is not None else None
+
+
+def _staff_say_record(*, call_id: str, text: str) -> None:
+    # Logged as it starts playing, for whoever typed it (the click was logged as "say").
+    user = _staff_say_user(call_id, text)
+    services.call_event_record(
+        call=Call(pk=call_id),
+        kind="staff_say_spoken",
+        actor=Actor.AGENT,
+        user=user,
+        data={"text": text},
+    )
+
+
+def _agent_line_record(*, staff_say: str, **line: Any) -> None:
+    user = _staff_say_user(line["call_id"], staff_say) if staff_say else None
+    said_for = (user.get_username() if user is not None else "staff") if staff_say else ""
+    services.transcript_add(**line, said_for=said_for)
 
 
 def _write_batch(call_sid: str, batch: list[Write]) -> None:
@@ -76,10 +120,23 @@ class Recorder:
             item_id=item_id,
         )
 
-    def agent_line(self, *, item_id: str, text: str, offset_ms: int, heard_ms: int | None) -> None:
-        """`heard_ms`: set if the caller heard only that much of it."""
+    def staff_say_spoken(self, *, text: str) -> None:
+        self._write(_staff_say_record, call_id=self.call_id, text=text)
+
+    def agent_line(
+        self,
+        *,
+        item_id: str,
+        text: str,
+        offset_ms: int,
+        heard_ms: int | None,
+        staff_say: str = "",
+    ) -> None:
+        """`heard_ms`: set if the caller heard only that much of it; `staff_say`: the
+        sentence staff typed, if the line is one."""
         self._write(
-            services.transcript_add,
+            _agent_line_record,
+            staff_say=staff_say,
             call_id=self.call_id,
             speaker=Speaker.AGENT,
             text=text,

@@ -22,6 +22,7 @@ class ModelItem:
     text: list[str] = field(default_factory=list)  # transcript deltas not yet written
     heard_ms: int | None = None  # set when cut off: how much of it the caller heard
     written: bool = False  # its transcript line is recorded
+    staff_say: str = ""  # the sentence staff typed, if it is one (see AgentSession.say)
 
     @property
     def has_audio(self) -> bool:

@@ -20,6 +20,12 @@
     const connection = document.getElementById("live-connection");
     const countLabel = document.getElementById("live-count");
     const emptyNote = document.getElementById("live-empty");
+    const zoneNote = document.getElementById("live-time-zone");
+    const sortChoice = document.getElementById("live-sort");
+    const agentFilter = document.getElementById("live-filter-agent");
+    const statusFilter = document.getElementById("live-filter-status");
+    const compactToggle = document.getElementById("live-compact");
+    const hiddenNote = document.getElementById("live-hidden");
 
     const ENDED_LINGER_MS = 4000; // an ended call stays, greyed, long enough to see why it left
     const RECENT_EVENTS = config.recentEvents; // as many as a snapshot brings
@@ -30,6 +36,7 @@
     const FAILURES_BEFORE_HINT = 3;
     const CONFIRM_MS = 4000;
     const SPEAKING = config.labels.speaking; // speaker ("" for nobody) -> words
+    const COMPACT_KEY = "voicebot.live.compact"; // this browser remembers the staff's choice
 
     const calls = new Map(); // call id -> {summary, card, lines: Map(entry id -> <li>)}
     // Calls that ended, or that a snapshot was asked about: their late deltas are expected.
@@ -122,6 +129,7 @@
     function applySnapshot(snapshot) {
         retryMs = RETRY_MIN_MS;
         if (snapshot.now) clockOffsetMs = parseTime(snapshot.now) - Date.now();
+        if (snapshot.time_zone_label) zoneNote.textContent = `Times in ${snapshot.time_zone_label}`;
         targets = snapshot.targets || {};
         const present = new Set();
         for (const summary of snapshot.calls) {
@@ -138,6 +146,7 @@
         }
         showConnection("live", "Live");
         updateCount();
+        arrange();
     }
 
     // --- cards ---------------------------------------------------------------------------
@@ -156,6 +165,7 @@
         }
         call.summary = summary;
         renderHead(call);
+        if (!fromSnapshot) arrange();
         // A call of an agent the last snapshot did not cover: fetch its transfer targets.
         if (!fromSnapshot && summary.agent_id != null && !(summary.agent_id in targets)) resync();
         return call;
@@ -179,6 +189,12 @@
         card.querySelector(".live-caller").textContent = summary.caller_label;
         card.querySelector(".live-agent").textContent = summary.agent_label;
         card.querySelector(".live-status").textContent = summary.status_label;
+        card.querySelector(".live-started").textContent = summary.started_time || "";
+        const reasons = summary.needs_attention || [];
+        const attention = card.querySelector(".live-attention");
+        attention.hidden = reasons.length === 0;
+        attention.querySelector(".live-attention-text").textContent = reasons.join(" · ");
+        card.dataset.attention = String(reasons.length > 0);
         const transferred = card.querySelector(".live-transferred");
         transferred.hidden = !summary.transferred_to;
         if (summary.transferred_to) {
@@ -227,6 +243,7 @@
         calls.delete(id);
         call.card.remove();
         updateCount();
+        arrange();
     }
 
     function updateCount() {
@@ -290,7 +307,7 @@
         const events = call.card.querySelector(".live-events");
         const item = document.createElement("li");
         item.append(
-            element("time", "", timeOfDay(entry.at)),
+            element("time", "", entry.at_label || ""),
             element("span", "event-actor", entry.actor),
             " ",
             element("span", "event-kind", entry.kind_label),
@@ -407,6 +424,82 @@
         outcome.textContent = text;
     }
 
+    // --- order, filters and the compact view ---------------------------------------------
+
+    // Each sort names a comparison of two calls; ties go to the newest first.
+    const SORTS = {
+        newest: () => 0,
+        oldest: (a, b) => startedAt(a) - startedAt(b),
+        attention: (a, b) => attentionCount(b) - attentionCount(a),
+        agent: (a, b) => a.summary.agent_label.localeCompare(b.summary.agent_label),
+        status: (a, b) => a.summary.status_label.localeCompare(b.summary.status_label),
+    };
+
+    function startedAt(call) {
+        return parseTime(call.summary.created_at) || 0;
+    }
+
+    function attentionCount(call) {
+        return (call.summary.needs_attention || []).length;
+    }
+
+    function arrange() {
+        // The cards stay where they are in the page (moving them would reset their scroll);
+        // CSS `order` places them.
+        const compare = SORTS[sortChoice.value] || SORTS.newest;
+        const ordered = [...calls.values()].sort(
+            (a, b) => compare(a, b) || startedAt(b) - startedAt(a),
+        );
+        refillFilter(agentFilter, ordered.map((call) => call.summary.agent_label));
+        refillFilter(statusFilter, ordered.map((call) => call.summary.status_label));
+        let hidden = 0;
+        ordered.forEach((call, index) => {
+            call.card.style.order = String(index);
+            const shown =
+                (!agentFilter.value || call.summary.agent_label === agentFilter.value) &&
+                (!statusFilter.value || call.summary.status_label === statusFilter.value);
+            call.card.hidden = !shown;
+            if (!shown) hidden += 1;
+        });
+        hiddenNote.hidden = hidden === 0;
+        hiddenNote.textContent = hidden === 1
+            ? "1 call is hidden by the filters."
+            : `${hidden} calls are hidden by the filters.`;
+    }
+
+    function refillFilter(select, values) {
+        // The choices are the calls on the page; a chosen value stays while it is chosen.
+        const chosen = select.value;
+        const wanted = [...new Set([...values, ...(chosen ? [chosen] : [])])].sort();
+        const present = [...select.options].slice(1).map((option) => option.value);
+        if (present.join("\n") === wanted.join("\n")) return;
+        const all = select.options[0];
+        select.replaceChildren(all, ...wanted.map((value) => {
+            const option = element("option", "", value);
+            option.value = value;
+            return option;
+        }));
+        select.value = chosen;
+    }
+
+    function setCompact(compact) {
+        list.classList.toggle("live-calls-compact", compact);
+        compactToggle.checked = compact;
+        try {
+            localStorage.setItem(COMPACT_KEY, compact ? "1" : "0");
+        } catch {
+            // Storage refused (private mode): the choice lasts for this page only.
+        }
+    }
+
+    function storedCompact() {
+        try {
+            return localStorage.getItem(COMPACT_KEY) === "1";
+        } catch {
+            return false;
+        }
+    }
+
     // --- formatting ----------------------------------------------------------------------
 
     function element(tag, className, ...children) {
@@ -433,10 +526,6 @@
         return hours ? `${hours}:${String(minutes).padStart(2, "0")}:${seconds}` : `${minutes}:${seconds}`;
     }
 
-    function timeOfDay(iso) {
-        const time = parseTime(iso);
-        return Number.isNaN(time) ? "" : new Date(time).toLocaleTimeString([], {hour12: false});
-    }
 
     // --- start ---------------------------------------------------------------------------
 
@@ -445,6 +534,11 @@
     document.addEventListener("visibilitychange", () => {
         if (!document.hidden) resync();
     });
+    for (const control of [sortChoice, agentFilter, statusFilter]) {
+        control.addEventListener("change", arrange);
+    }
+    compactToggle.addEventListener("change", () => setCompact(compactToggle.checked));
+    setCompact(storedCompact());
     updateCount();
     connect();
 })();
