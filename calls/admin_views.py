@@ -29,7 +29,7 @@ from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
-from agents.models import TransferTarget
+from agents.models import TransferMode, TransferTarget
 
 from . import feed, labels, services
 from .forms import PlaceCallForm, SayForm, TransferForm
@@ -144,9 +144,16 @@ def transfer(request: HttpRequest, call_id: uuid.UUID, model_admin: ModelAdmin) 
             actor=Actor.STAFF,
             target_name=form.cleaned_data["target"] or None,
             user=request.user,
-            reason="staff transfer from the admin",
+            reason=form.cleaned_data["reason"] or "staff transfer from the admin",
+            mode=form.cleaned_data["mode"] or None,
         )
         target = outcome.target
+        if (form.cleaned_data["mode"] or target.mode) == TransferMode.WARM:
+            return Outcome(
+                f"Calling {target.name} ({target.phone_number}); the caller comes back to the "
+                "agent unless they accept.",
+                outcome.stream_note,
+            )
         return Outcome(
             f"Transferred to {target.name} ({target.phone_number}).", outcome.stream_note
         )

@@ -23,7 +23,10 @@ from .webhook_forms import (
     DialActionForm,
     IncomingCallForm,
     StreamStatusForm,
+    WarmDialResultForm,
+    WarmTransferForm,
     WebhookForm,
+    WhisperAnswerForm,
 )
 
 logger = logging.getLogger(__name__)
@@ -67,7 +70,8 @@ def twilio_webhook(form_class: type[WebhookForm]) -> Callable[[FormView], View]:
                         _clipped(request.POST.get("CallSid")),
                     )
                     return HttpResponseForbidden("Invalid Twilio signature")
-            form = form_class(request.POST)
+            # Query values come from URLs we wrote into TwiML; Twilio signed them with the rest.
+            form = form_class({**request.GET.dict(), **request.POST.dict()})
             if not form.is_valid():
                 return _refused(url, request, form)
             return view(request, form.cleaned_data)
@@ -139,6 +143,26 @@ def connect_action(request: HttpRequest, data: dict[str, Any]) -> HttpResponse:
 def dial_action(request: HttpRequest, data: dict[str, Any]) -> HttpResponse:
     document = services.dial_outcome_record(
         call_sid=data["CallSid"],
+        dial_status=data["DialCallStatus"],
+        duration_seconds=data["DialCallDuration"],
+    )
+    return _twiml(document)
+
+
+@twilio_webhook(WarmTransferForm)
+def whisper(request: HttpRequest, data: dict[str, Any]) -> HttpResponse:
+    return _twiml(services.warm_whisper_twiml(call_id=str(data["call"])))
+
+
+@twilio_webhook(WhisperAnswerForm)
+def whisper_answer(request: HttpRequest, data: dict[str, Any]) -> HttpResponse:
+    return _twiml(services.warm_whisper_answer(call_id=str(data["call"]), digits=data["Digits"]))
+
+
+@twilio_webhook(WarmDialResultForm)
+def dial_result(request: HttpRequest, data: dict[str, Any]) -> HttpResponse:
+    document = services.warm_dial_result(
+        call_id=str(data["call"]),
         dial_status=data["DialCallStatus"],
         duration_seconds=data["DialCallDuration"],
     )

@@ -141,3 +141,30 @@ class DialActionForm(WebhookForm):
 
     DialCallStatus = _choice(DIAL_CALL_STATUSES, required=False)
     DialCallDuration = _count()
+
+
+class WarmTransferForm(WebhookForm):
+    """A warm transfer's request for the person called: the whisper, its answer, the dial result.
+
+    `call` is our Call's id, from the query string we put in the URL (signed by Twilio with
+    the rest of the URL); the CallSid of a whisper request is the person's leg, not the caller's.
+    """
+
+    call = forms.UUIDField(error_messages={"invalid": "must be a call id"})
+
+
+class WhisperAnswerForm(WarmTransferForm):
+    """The whisper's Gather: the key the person called pressed (none on a timeout)."""
+
+    Digits = forms.RegexField(
+        regex=r"\A[0-9*#]{0,20}\Z",
+        required=False,
+        error_messages={"invalid": "must be keys 0-9, * and #"},
+    )
+
+
+class WarmDialResultForm(WarmTransferForm):
+    """<Dial action> of a warm transfer: how the person's leg ended."""
+
+    DialCallStatus = _choice(DIAL_CALL_STATUSES, required=False)
+    DialCallDuration = _count()

@@ -184,7 +184,12 @@ class MediaStreamConsumer(StreamingConsumer):
         self._flush_before_start()
         logger.info("Call %s: stream %s started", self.call_sid, self.stream_sid)
         self.session = AgentSession(
-            self, call_id=opened.call_id, call_sid=opened.call_sid, agent_id=opened.agent_id
+            self,
+            call_id=opened.call_id,
+            call_sid=opened.call_sid,
+            agent_id=opened.agent_id,
+            # Back from a transfer nobody took: the model hears why, instead of a greeting.
+            resume_note=event.custom_parameters.get(services.RESUME_PARAMETER, ""),
         )
         await self.session.start()
 

@@ -52,6 +52,7 @@ from .reconcile import (
     reconcile_lease_claim,
     reconcile_lease_release,
 )
+from .resume import RESUME_PARAMETER, call_resume_twiml
 from .streams import (
     STREAM_COUNTERS,
     StreamOpened,
@@ -61,6 +62,7 @@ from .streams import (
     stream_status_record,
 )
 from .transcripts import call_event_record, transcript_add, transcript_interrupt
+from .warm import warm_dial_result, warm_whisper_answer, warm_whisper_twiml
 from .webhooks import (
     call_answer,
     call_end_record,
@@ -70,6 +72,11 @@ from .webhooks import (
 )
 
 __all__ = [
+    "RESUME_PARAMETER",
+    "call_resume_twiml",
+    "warm_dial_result",
+    "warm_whisper_answer",
+    "warm_whisper_twiml",
     "STREAM_COUNTERS",
     "STREAM_UNANSWERED",
     "STREAM_UNREACHABLE",

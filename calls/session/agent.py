@@ -69,9 +69,18 @@ CUT_OFF_MARGIN_MS = 100
 
 class AgentSession:
     def __init__(
-        self, port: StreamPort, *, call_id: str, call_sid: str, agent_id: int | None
+        self,
+        port: StreamPort,
+        *,
+        call_id: str,
+        call_sid: str,
+        agent_id: int | None,
+        resume_note: str = "",
     ) -> None:
         self.port = port
+        # Set when the call comes back to the agent on a new stream (a transfer not taken):
+        # told to the model in place of the greeting.
+        self.resume_note = resume_note
         self.call_id = str(call_id)
         self.call_sid = call_sid
         self.agent_id = agent_id
@@ -194,7 +203,11 @@ class AgentSession:
             self._connecting = None
         self.backend = backend
         logger.info("Call %s: connected to %s", self.call_sid, self.config.backend)
-        if self.config.greeting:
+        if self.resume_note:
+            self.recorder.event("resumed", Actor.SYSTEM, {"note": self.resume_note})
+            backend.add_context(self.resume_note)
+            self.respond()
+        elif self.config.greeting:
             self._awaiting_response = True
             backend.say(self.config.greeting)
         port = self.port

@@ -345,7 +345,8 @@
         const options = targets[call.summary.agent_id] || [];
         const chosen = select.value;
         select.replaceChildren(...options.map((target) => {
-            const option = element("option", "", `${target.name} (${target.number})`);
+            const mode = target.mode ? `, ${target.mode}` : "";
+            const option = element("option", "", `${target.name} (${target.number}${mode})`);
             option.value = target.name;
             option.selected = chosen ? target.name === chosen : target.is_default;
             return option;
