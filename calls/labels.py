@@ -48,14 +48,14 @@ def caller_label(call: Call) -> str:
 
 
 def agent_label(call: Call) -> str:
-    """ "Front desk (+14155550100)": the agent, and the number of ours the call is on."""
+    """"Front desk (+14155550100)": the agent, and the number of ours the call is on."""
     number = call.to_number if call.direction == Direction.INBOUND else call.from_number
     name = call.agent.name if call.agent_id else "No agent"
     return f"{name} ({number})" if number else name
 
 
 def interruption_label(entry: TranscriptEntry) -> str:
-    """ "Interrupted: caller heard 1.3 s" for an agent line cut off; "" for a whole one."""
+    """"Interrupted: caller heard 1.3 s" for an agent line cut off; "" for a whole one."""
     if not entry.interrupted:
         return ""
     heard = seconds_label(entry.heard_ms)
@@ -63,7 +63,7 @@ def interruption_label(entry: TranscriptEntry) -> str:
 
 
 def ended_label(call: Call) -> str:
-    """ "Ended: staff hung up", as the live page says a call is over and why."""
+    """"Ended: staff hung up", as the live page says a call is over and why."""
     reason = call.get_end_reason_display()
     return f"Ended: {reason[:1].lower()}{reason[1:]}" if reason else "Ended"
 
@@ -80,7 +80,9 @@ def event_label(kind: str) -> str:
 
 def event_details(data: dict[str, Any], *, value_max_chars: int | None = None) -> str:
     """An event's data as "key: value · key: value"; each value cut to `value_max_chars`."""
-    values = ((key, _detail_value(value)) for key, value in data.items() if value not in (None, ""))
+    values = (
+        (key, _detail_value(value)) for key, value in data.items() if value not in (None, "")
+    )
     return " · ".join(
         f"{key.replace('_', ' ')}: {_shortened(text, value_max_chars)}" for key, text in values
     )
