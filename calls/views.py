@@ -22,6 +22,7 @@ from .webhook_forms import (
     ConnectActionForm,
     DialActionForm,
     IncomingCallForm,
+    RecordingStatusForm,
     StreamStatusForm,
     WarmDialResultForm,
     WarmTransferForm,
@@ -147,6 +148,19 @@ def dial_action(request: HttpRequest, data: dict[str, Any]) -> HttpResponse:
         duration_seconds=data["DialCallDuration"],
     )
     return _twiml(document)
+
+
+@twilio_webhook(RecordingStatusForm)
+def recording_status(request: HttpRequest, data: dict[str, Any]) -> HttpResponse:
+    services.recording_status_record(
+        call_sid=data["CallSid"],
+        recording_sid=data["RecordingSid"],
+        status=data["RecordingStatus"],
+        duration_seconds=data["RecordingDuration"],
+        channels=data["RecordingChannels"],
+        media_url=data["RecordingUrl"],
+    )
+    return HttpResponse(status=204)
 
 
 @twilio_webhook(WarmTransferForm)

@@ -15,7 +15,7 @@ from typing import Any
 from django import forms
 from django.core.exceptions import ValidationError
 
-from .models import Call, CallStatus
+from .models import Call, CallStatus, Recording
 
 # The largest integer an IntegerField/PositiveIntegerField holds on PostgreSQL; SQLite's limit
 # is higher, and one limit for both keeps them answering alike.
@@ -30,6 +30,7 @@ DIRECTIONS = ("inbound", "outbound-api", "outbound-dial", "trunking-originating"
               "trunking-terminating")  # fmt: skip
 STREAM_EVENTS = ("stream-started", "stream-stopped", "stream-error")
 CALL_STATUSES = tuple(CallStatus.values)
+RECORDING_STATUSES = ("in-progress", "completed", "absent", "failed")
 DIAL_CALL_STATUSES = ("completed", "answered", "busy", "no-answer", "failed", "canceled")
 
 
@@ -168,3 +169,15 @@ class WarmDialResultForm(WarmTransferForm):
 
     DialCallStatus = _choice(DIAL_CALL_STATUSES, required=False)
     DialCallDuration = _count()
+
+
+class RecordingStatusForm(WebhookForm):
+    """A recording's status callback (in-progress, completed, absent)."""
+
+    RecordingSid = _sid("RE")
+    RecordingStatus = _choice(RECORDING_STATUSES)
+    RecordingDuration = _count()
+    RecordingChannels = forms.IntegerField(min_value=1, max_value=2, required=False)
+    RecordingUrl = forms.URLField(
+        max_length=Recording._meta.get_field("media_url").max_length, required=False
+    )

@@ -192,6 +192,9 @@ class MediaStreamConsumer(StreamingConsumer):
             resume_note=event.custom_parameters.get(services.RESUME_PARAMETER, ""),
         )
         await self.session.start()
+        # Off the media path: a REST request to Twilio, if the agent records its calls.
+        recording = services.call_recording_start(call_id=opened.call_id, offset_ms=self.now_ms)
+        self._tasks.spawn(recording, "stream-recording")
 
     def _mark_echoed(self, name: str) -> None:
         self.counters["marks_received"] += 1

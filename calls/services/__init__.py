@@ -52,6 +52,12 @@ from .reconcile import (
     reconcile_lease_claim,
     reconcile_lease_release,
 )
+from .recordings import (
+    PurgeResult,
+    call_recording_start,
+    recording_status_record,
+    recordings_purge,
+)
 from .resume import RESUME_PARAMETER, call_resume_twiml
 from .streams import (
     STREAM_COUNTERS,
@@ -72,6 +78,10 @@ from .webhooks import (
 )
 
 __all__ = [
+    "PurgeResult",
+    "call_recording_start",
+    "recording_status_record",
+    "recordings_purge",
     "RESUME_PARAMETER",
     "call_resume_twiml",
     "warm_dial_result",
