@@ -33,7 +33,7 @@ from agents.models import TransferMode, TransferTarget
 
 from . import feed, labels, services
 from .forms import PlaceCallForm, SayForm, TransferForm
-from .models import Actor, Call, EndReason, StreamStatus, TranscriptEntry
+from .models import Actor, Call, EndReason, RecordingStatus, StreamStatus, TranscriptEntry
 
 LIVE_SOCKET_PATH = "/ws/calls/live"
 # Stands for a call's id in the URL templates handed to the live page's script.
@@ -58,6 +58,7 @@ VIEW_PERMISSION = "calls.view_call"
 PLACE_PERMISSION = "calls.place_call"
 # Not on the live page: it is for a call that looks live there but that Twilio has not got.
 MARK_ENDED_PERMISSION = "calls.mark_call_ended"
+LISTEN_PERMISSION = "calls.listen_recording"
 
 
 def may(user: Any, permission: str) -> bool:
@@ -284,6 +285,12 @@ def detail(request: HttpRequest, object_id: str, model_admin: ModelAdmin) -> Htt
     events = call.events.select_related("user")
     streams = list(call.streams.order_by("started_at"))
     targets = list(TransferTarget.objects.filter(agent_id=call.agent_id))
+    # Played through the project's proxy (calls/recording_views.py), to staff who may.
+    recordings = (
+        list(call.recordings.filter(status=RecordingStatus.COMPLETED))
+        if may(request.user, LISTEN_PERMISSION)
+        else []
+    )
     context = {
         **model_admin.admin_site.each_context(request),
         "opts": Call._meta,
@@ -300,6 +307,10 @@ def detail(request: HttpRequest, object_id: str, model_admin: ModelAdmin) -> Htt
             for event in events
         ],
         "streams": streams,
+        "recordings": [
+            (recording, reverse("recording-audio", args=[recording.sid]))
+            for recording in recordings
+        ],
         "streams_running": any(stream.status == StreamStatus.STARTED for stream in streams),
         "can": can,
         "has_actions": any(can.values()),

@@ -17,10 +17,8 @@ from django.http import (
 from django.views.decorators.http import require_GET
 
 from . import telephony
-from .admin_views import may
+from .admin_views import LISTEN_PERMISSION, may
 from .models import Recording, RecordingStatus
-
-LISTEN_PERMISSION = "calls.listen_recording"
 
 
 @sync_to_async

@@ -292,3 +292,24 @@ def test_retention_0_keeps_recordings(settings, capsys, db):
     settings.RECORDING_RETENTION_DAYS = 0
     call_command("purge_recordings")
     assert "recordings are kept" in capsys.readouterr().out
+
+
+# --- the call's page ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("may_listen", [True, False])
+def test_the_call_page_plays_the_recording_to_staff_who_may(client, may_listen):
+    call = Call.objects.create(sid=new_call_sid(), status="completed")
+    call.transcript.create(speaker="caller", text="Hi", offset_ms=4200)
+    Recording.objects.create(call=call, sid="RE" + "a" * 32, status="completed", offset_ms=1200)
+    codenames = ("view_call", "listen_recording") if may_listen else ("view_call",)
+    user = User.objects.create_user("operator", is_staff=True)
+    user.user_permissions.set(Permission.objects.filter(codename__in=codenames))
+    client.force_login(user)
+
+    page = client.get(f"/admin/calls/call/{call.pk}/change/").content.decode()
+
+    audio = f'src="/console/recordings/RE{"a" * 32}.wav" data-offset-ms="1200"'
+    assert (audio in page) is may_listen
+    assert ("Left channel: the caller. Right channel: the agent" in page) is may_listen
+    assert 'data-offset-ms="4200"' in page  # the line seeks to 3.0 s into the recording
