@@ -179,5 +179,7 @@ class RecordingStatusForm(WebhookForm):
     RecordingDuration = _count()
     RecordingChannels = forms.IntegerField(min_value=1, max_value=2, required=False)
     RecordingUrl = forms.URLField(
-        max_length=Recording._meta.get_field("media_url").max_length, required=False
+        max_length=Recording._meta.get_field("media_url").max_length,
+        required=False,
+        assume_scheme="https",
     )
