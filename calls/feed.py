@@ -139,7 +139,6 @@ def snapshot() -> dict[str, Any]:
                 "name": target.name,
                 "number": str(target.phone_number),
                 "is_default": target.is_default,
-                "mode": target.mode,
             }
         )
     return {

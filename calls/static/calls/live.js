@@ -345,8 +345,7 @@
         const options = targets[call.summary.agent_id] || [];
         const chosen = select.value;
         select.replaceChildren(...options.map((target) => {
-            const mode = target.mode ? `, ${target.mode}` : "";
-            const option = element("option", "", `${target.name} (${target.number}${mode})`);
+            const option = element("option", "", `${target.name} (${target.number})`);
             option.value = target.name;
             option.selected = chosen ? target.name === chosen : target.is_default;
             return option;
