@@ -26,7 +26,7 @@ class AgentForm(forms.ModelForm):
 class TransferTargetInline(admin.TabularInline):
     model = TransferTarget
     extra = 1
-    fields = ["name", "phone_number", "description", "is_default"]
+    fields = ["name", "phone_number", "mode", "description", "is_default"]
 
 
 @admin.register(Agent)
@@ -44,6 +44,7 @@ class AgentAdmin(admin.ModelAdmin):
             "Limits and keys",
             {"fields": ["max_call_seconds", "idle_timeout_seconds", "transfer_digit"]},
         ),
+        ("Recording", {"fields": ["record_calls"]}),
     ]
 
     def save_model(self, request, obj: Agent, form, change: bool) -> None:
@@ -62,6 +63,6 @@ class AgentAdmin(admin.ModelAdmin):
 
 @admin.register(TransferTarget)
 class TransferTargetAdmin(admin.ModelAdmin):
-    list_display = ["name", "phone_number", "agent", "is_default"]
-    list_filter = ["agent", "is_default"]
+    list_display = ["name", "phone_number", "agent", "mode", "is_default"]
+    list_filter = ["agent", "mode", "is_default"]
     search_fields = ["name", "phone_number", "description"]

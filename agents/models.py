@@ -99,6 +99,11 @@ class Agent(models.Model):
         help_text="Said word for word after the beep, then the agent hangs up. Campaign "
         "variables such as {first_name} may be used.",
     )
+    record_calls = models.BooleanField(
+        default=False,
+        help_text="Record its calls at Twilio (caller and agent on separate channels); staff "
+        "with the permission can play them on the call's page.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -116,6 +121,13 @@ class Agent(models.Model):
         return f"{self.name} ({self.phone_number})" if self.phone_number else self.name
 
 
+class TransferMode(models.TextChoices):
+    # Cold: the caller is put through at once. Warm: the person called hears who is coming
+    # and why, and presses 1 to take the call; otherwise the caller returns to the agent.
+    COLD = "cold", "Cold (put the caller through at once)"
+    WARM = "warm", "Warm (announce the caller; they press 1 to accept)"
+
+
 class TransferTarget(models.Model):
     agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="transfer_targets")
     name = models.CharField(max_length=40, validators=[target_name_validator])
@@ -125,6 +137,9 @@ class TransferTarget(models.Model):
     )
     is_default = models.BooleanField(
         default=False, help_text="Used for the transfer key and when the model fails."
+    )
+    mode = models.CharField(
+        max_length=8, choices=TransferMode.choices, default=TransferMode.COLD
     )
 
     class Meta:

@@ -29,11 +29,11 @@ from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
-from agents.models import TransferTarget
+from agents.models import TransferMode, TransferTarget
 
 from . import feed, labels, services
 from .forms import PlaceCallForm, SayForm, TransferForm
-from .models import Actor, Call, EndReason, StreamStatus, TranscriptEntry
+from .models import Actor, Call, EndReason, RecordingStatus, StreamStatus, TranscriptEntry
 
 LIVE_SOCKET_PATH = "/ws/calls/live"
 # Stands for a call's id in the URL templates handed to the live page's script.
@@ -58,6 +58,7 @@ VIEW_PERMISSION = "calls.view_call"
 PLACE_PERMISSION = "calls.place_call"
 # Not on the live page: it is for a call that looks live there but that Twilio has not got.
 MARK_ENDED_PERMISSION = "calls.mark_call_ended"
+LISTEN_PERMISSION = "calls.listen_recording"
 
 
 def may(user: Any, permission: str) -> bool:
@@ -145,9 +146,16 @@ def transfer(request: HttpRequest, call_id: uuid.UUID, model_admin: ModelAdmin) 
             actor=Actor.STAFF,
             target_name=form.cleaned_data["target"] or None,
             user=request.user,
-            reason="staff transfer from the admin",
+            reason=form.cleaned_data["reason"] or "staff transfer from the admin",
+            mode=form.cleaned_data["mode"] or None,
         )
         target = outcome.target
+        if (form.cleaned_data["mode"] or target.mode) == TransferMode.WARM:
+            return Outcome(
+                f"Calling {target.name} ({target.phone_number}); the caller comes back to the "
+                "agent unless they accept.",
+                outcome.stream_note,
+            )
         return Outcome(
             f"Transferred to {target.name} ({target.phone_number}).", outcome.stream_note
         )
@@ -278,6 +286,12 @@ def detail(request: HttpRequest, object_id: str, model_admin: ModelAdmin) -> Htt
     events = call.events.select_related("user")
     streams = list(call.streams.order_by("started_at"))
     targets = list(TransferTarget.objects.filter(agent_id=call.agent_id))
+    # Played through the project's proxy (calls/recording_views.py), to staff who may.
+    recordings = (
+        list(call.recordings.filter(status=RecordingStatus.COMPLETED))
+        if may(request.user, LISTEN_PERMISSION)
+        else []
+    )
     context = {
         **model_admin.admin_site.each_context(request),
         "opts": Call._meta,
@@ -303,6 +317,10 @@ def detail(request: HttpRequest, object_id: str, model_admin: ModelAdmin) -> Htt
             for event in events
         ],
         "streams": streams,
+        "recordings": [
+            (recording, reverse("recording-audio", args=[recording.sid]))
+            for recording in recordings
+        ],
         "streams_running": any(stream.status == StreamStatus.STARTED for stream in streams),
         "can": can,
         "has_actions": any(can.values()),

@@ -4,11 +4,12 @@ from collections.abc import Iterable
 
 from django import forms
 
-from agents.models import Agent, TransferTarget
+from agents.models import Agent, TransferMode, TransferTarget
 
 from . import services
 
 SAY_MAX_CHARS = 500
+TRANSFER_REASON_MAX_CHARS = 200
 
 
 class PlaceCallForm(forms.Form):
@@ -49,15 +50,38 @@ class TransferForm(forms.Form):
         widget=forms.Select(attrs={"aria-label": "Transfer target"}),
     )
 
+    # Empty means the target's own mode.
+    mode = forms.ChoiceField(
+        label="How",
+        required=False,
+        choices=[("", "As set for the target"), *TransferMode.choices],
+        widget=forms.Select(attrs={"aria-label": "Cold or warm transfer"}),
+    )
+    # What a warm transfer's whisper tells the person called.
+    reason = forms.CharField(
+        label="Reason",
+        max_length=TRANSFER_REASON_MAX_CHARS,
+        required=False,
+        strip=True,
+        widget=forms.TextInput(
+            attrs={
+                "placeholder": "Why (told to the person in a warm transfer)",
+                "aria-label": "Reason for the transfer",
+                "autocomplete": "off",
+            }
+        ),
+    )
+
     def __init__(self, *args, targets: Iterable[TransferTarget] = (), **kwargs) -> None:
-        """`targets` fill the list, the default chosen; the live page's script fills it
-        for each call instead."""
+        """`targets` fill the list, the default chosen, each with its mode; the live page's
+        script fills it for each call instead."""
         super().__init__(*args, **kwargs)
         targets = list(targets)
         # The field's length limit still applies; the attribute is no HTML for a <select>.
         self.fields["target"].widget.attrs.pop("maxlength", None)
         self.fields["target"].widget.choices = [
-            (target.name, f"{target.name} ({target.phone_number})") for target in targets
+            (target.name, f"{target.name} ({target.phone_number}, {target.mode})")
+            for target in targets
         ]
         default = next((target.name for target in targets if target.is_default), None)
         if default is not None:

@@ -123,6 +123,7 @@ class Call(models.Model):
             ("place_call", "Can place an outbound call"),
             ("say_on_call", "Can make the agent say a sentence on a live call"),
             ("mark_call_ended", "Can mark ended a call Twilio no longer has"),
+            ("listen_recording", "Can play a call's recording"),
         ]
 
     def __str__(self) -> str:
@@ -311,3 +312,38 @@ class StaffProfile(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user}: {self.time_zone or 'server time zone'}"
+
+
+class RecordingStatus(models.TextChoices):
+    """Twilio's RecordingStatus values (and ours before Twilio's first callback)."""
+
+    IN_PROGRESS = "in-progress", "Recording"
+    COMPLETED = "completed"
+    ABSENT = "absent", "Absent (nothing recorded)"
+    FAILED = "failed"
+    DELETED = "deleted"
+
+
+class Recording(models.Model):
+    """A recording of a call, kept at Twilio; we keep what identifies it and play it through."""
+
+    call = models.ForeignKey(Call, on_delete=models.CASCADE, related_name="recordings")
+    sid = models.CharField("Recording SID", max_length=64, unique=True)
+    status = models.CharField(
+        max_length=16, choices=RecordingStatus.choices, default=RecordingStatus.IN_PROGRESS
+    )
+    channels = models.PositiveSmallIntegerField(default=2)
+    duration_seconds = models.PositiveIntegerField(null=True, blank=True)
+    # Twilio's URL of the media, without an extension (".wav" or ".mp3" is added to fetch it).
+    media_url = models.URLField(max_length=500, blank=True)
+    # Where the recording starts on the transcript's clock (ms of the stream it started on),
+    # so a transcript line's offset can be turned into a position in the recording.
+    offset_ms = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self) -> str:
+        return self.sid

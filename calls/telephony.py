@@ -152,3 +152,110 @@ async def call_create(
             **amd,
         )
     return call.sid
+
+
+# --- recordings (docs/twilio-rest.md#recording-a-call-during-a-stream) ------------------------
+
+TWILIO_API_URL = "https://api.twilio.com"
+API_VERSION = "2010-04-01"
+# Twilio's events for a recording's status callback: started, done, and "nothing recorded".
+RECORDING_STATUS_EVENTS = ["in-progress", "completed", "absent"]
+# The media proxy reads Twilio's answer in chunks of this many bytes.
+MEDIA_CHUNK_BYTES = 64 * 1024
+# Headers of Twilio's media answer that the proxy passes on to the browser.
+MEDIA_HEADERS = ("Content-Type", "Content-Length", "Content-Range", "Accept-Ranges")
+
+
+async def recording_start(call_sid: str, *, status_callback: str) -> str:
+    """Start recording a call: caller and agent on separate channels. Returns the RecordingSid.
+
+    It runs beside the call's `<Connect><Stream>`; it does not change the call's TwiML.
+    """
+    async with _client("recording start") as client:
+        recording = await client.calls(call_sid).recordings.create_async(
+            recording_channels="dual",
+            recording_track="both",
+            recording_status_callback=status_callback,
+            recording_status_callback_method="POST",
+            recording_status_callback_event=RECORDING_STATUS_EVENTS,
+        )
+    return recording.sid
+
+
+async def recording_delete(recording_sid: str) -> bool:
+    """Delete a recording at Twilio. False if Twilio no longer has it (404), which is fine."""
+    try:
+        async with _client("recording delete") as client:
+            await client.recordings(recording_sid).delete_async()
+    except TelephonyError as error:
+        if _already_ended(error):
+            return False
+        raise
+    return True
+
+
+def recording_media_url(recording_sid: str) -> str:
+    """Where the recording's WAV is, built from our own settings.
+
+    Never the RecordingUrl a callback carried: the account's credentials go with the
+    request, so they go only to Twilio's API (or the emulator it is pointed at).
+    """
+    base = settings.TWILIO_API_BASE_URL or TWILIO_API_URL
+    account = settings.TWILIO_ACCOUNT_SID
+    return f"{base}/{API_VERSION}/Accounts/{account}/Recordings/{recording_sid}.wav"
+
+
+class RecordingMedia:
+    """Twilio's answer for a recording's media, read as it is passed on: never held whole.
+
+    `open` sends the request (with the browser's Range, if any) and reads the status and
+    headers; `chunks()` then yields the body and closes the connection at its end, or when
+    the browser goes away. Connecting and each read are bounded by
+    TWILIO_HTTP_TIMEOUT_SECONDS; the whole transfer is not (a long recording takes time).
+    """
+
+    def __init__(self, recording_sid: str, *, range_header: str | None = None) -> None:
+        self.url = recording_media_url(recording_sid)
+        self.range_header = range_header
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self._session: aiohttp.ClientSession | None = None
+        self._response: aiohttp.ClientResponse | None = None
+
+    async def open(self) -> None:
+        seconds: float = settings.TWILIO_HTTP_TIMEOUT_SECONDS
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=seconds, sock_read=seconds)
+        auth = aiohttp.BasicAuth(settings.TWILIO_ACCOUNT_SID, settings.TWILIO_AUTH_TOKEN)
+        # aiohttp drops the credentials if Twilio redirects to its media host elsewhere.
+        self._session = aiohttp.ClientSession(timeout=timeout, auth=auth)
+        headers = {"Range": self.range_header} if self.range_header else {}
+        try:
+            async with asyncio.timeout(seconds):
+                self._response = await self._session.get(self.url, headers=headers)
+        except (TimeoutError, OSError, aiohttp.ClientError) as error:
+            await self.close()
+            logger.warning("Twilio recording media %s: %r", self.url, error)
+            raise TelephonyError("Twilio could not be reached for the recording.") from error
+        self.status = self._response.status
+        self.headers = {
+            name: self._response.headers[name]
+            for name in MEDIA_HEADERS
+            if name in self._response.headers
+        }
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            if self._response is not None:
+                async for chunk in self._response.content.iter_chunked(MEDIA_CHUNK_BYTES):
+                    yield chunk
+        except (TimeoutError, OSError, aiohttp.ClientError) as error:
+            logger.warning("Twilio recording media %s cut off: %r", self.url, error)
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        if self._response is not None:
+            self._response.release()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

@@ -23,8 +23,12 @@ from .webhook_forms import (
     ConnectActionForm,
     DialActionForm,
     IncomingCallForm,
+    RecordingStatusForm,
     StreamStatusForm,
+    WarmDialResultForm,
+    WarmTransferForm,
     WebhookForm,
+    WhisperAnswerForm,
 )
 
 logger = logging.getLogger(__name__)
@@ -68,7 +72,8 @@ def twilio_webhook(form_class: type[WebhookForm]) -> Callable[[FormView], View]:
                         _clipped(request.POST.get("CallSid")),
                     )
                     return HttpResponseForbidden("Invalid Twilio signature")
-            form = form_class(request.POST)
+            # Query values come from URLs we wrote into TwiML; Twilio signed them with the rest.
+            form = form_class({**request.GET.dict(), **request.POST.dict()})
             if not form.is_valid():
                 return _refused(url, request, form)
             return view(request, form.cleaned_data)
@@ -151,6 +156,39 @@ def connect_action(request: HttpRequest, data: dict[str, Any]) -> HttpResponse:
 def dial_action(request: HttpRequest, data: dict[str, Any]) -> HttpResponse:
     document = services.dial_outcome_record(
         call_sid=data["CallSid"],
+        dial_status=data["DialCallStatus"],
+        duration_seconds=data["DialCallDuration"],
+    )
+    return _twiml(document)
+
+
+@twilio_webhook(RecordingStatusForm)
+def recording_status(request: HttpRequest, data: dict[str, Any]) -> HttpResponse:
+    services.recording_status_record(
+        call_sid=data["CallSid"],
+        recording_sid=data["RecordingSid"],
+        status=data["RecordingStatus"],
+        duration_seconds=data["RecordingDuration"],
+        channels=data["RecordingChannels"],
+        media_url=data["RecordingUrl"],
+    )
+    return HttpResponse(status=204)
+
+
+@twilio_webhook(WarmTransferForm)
+def whisper(request: HttpRequest, data: dict[str, Any]) -> HttpResponse:
+    return _twiml(services.warm_whisper_twiml(call_id=str(data["call"])))
+
+
+@twilio_webhook(WhisperAnswerForm)
+def whisper_answer(request: HttpRequest, data: dict[str, Any]) -> HttpResponse:
+    return _twiml(services.warm_whisper_answer(call_id=str(data["call"]), digits=data["Digits"]))
+
+
+@twilio_webhook(WarmDialResultForm)
+def dial_result(request: HttpRequest, data: dict[str, Any]) -> HttpResponse:
+    document = services.warm_dial_result(
+        call_id=str(data["call"]),
         dial_status=data["DialCallStatus"],
         duration_seconds=data["DialCallDuration"],
     )

@@ -15,7 +15,7 @@ from typing import Any
 from django import forms
 from django.core.exceptions import ValidationError
 
-from .models import Call, CallStatus
+from .models import Call, CallStatus, Recording
 
 # The largest integer an IntegerField/PositiveIntegerField holds on PostgreSQL; SQLite's limit
 # is higher, and one limit for both keeps them answering alike.
@@ -30,6 +30,7 @@ DIRECTIONS = ("inbound", "outbound-api", "outbound-dial", "trunking-originating"
               "trunking-terminating")  # fmt: skip
 STREAM_EVENTS = ("stream-started", "stream-stopped", "stream-error")
 CALL_STATUSES = tuple(CallStatus.values)
+RECORDING_STATUSES = ("in-progress", "completed", "absent", "failed")
 DIAL_CALL_STATUSES = ("completed", "answered", "busy", "no-answer", "failed", "canceled")
 
 
@@ -152,3 +153,44 @@ class AmdForm(WebhookForm):
 
     AnsweredBy = _text(32)
     MachineDetectionDuration = _count()
+
+
+class WarmTransferForm(WebhookForm):
+    """A warm transfer's request for the person called: the whisper, its answer, the dial result.
+
+    `call` is our Call's id, from the query string we put in the URL (signed by Twilio with
+    the rest of the URL); the CallSid of a whisper request is the person's leg, not the caller's.
+    """
+
+    call = forms.UUIDField(error_messages={"invalid": "must be a call id"})
+
+
+class WhisperAnswerForm(WarmTransferForm):
+    """The whisper's Gather: the key the person called pressed (none on a timeout)."""
+
+    Digits = forms.RegexField(
+        regex=r"\A[0-9*#]{0,20}\Z",
+        required=False,
+        error_messages={"invalid": "must be keys 0-9, * and #"},
+    )
+
+
+class WarmDialResultForm(WarmTransferForm):
+    """<Dial action> of a warm transfer: how the person's leg ended."""
+
+    DialCallStatus = _choice(DIAL_CALL_STATUSES, required=False)
+    DialCallDuration = _count()
+
+
+class RecordingStatusForm(WebhookForm):
+    """A recording's status callback (in-progress, completed, absent)."""
+
+    RecordingSid = _sid("RE")
+    RecordingStatus = _choice(RECORDING_STATUSES)
+    RecordingDuration = _count()
+    RecordingChannels = forms.IntegerField(min_value=1, max_value=2, required=False)
+    RecordingUrl = forms.URLField(
+        max_length=Recording._meta.get_field("media_url").max_length,
+        required=False,
+        assume_scheme="https",
+    )

@@ -222,6 +222,7 @@ async def start_call(
     realtime: FakeRealtimeServer | None,
     *,
     transfer_ends_stream: bool = True,
+    record: bool = False,
 ) -> LiveCall:
     """Answer a call and open its stream; wait for the model connection if there is one."""
     call_sid = new_call_sid()
@@ -233,6 +234,8 @@ async def start_call(
         account_sid=ACCOUNT_SID,
         custom_parameters={"token": token},
         on_event=live.on_event,
+        # What a recording of the call captures, at the emulator.
+        audio_tap=rest.audio_tap_for(call_sid) if record else None,
     )
     rest.register_call(call_sid, account_sid=ACCOUNT_SID, to=AGENT_NUMBER)
     if transfer_ends_stream:

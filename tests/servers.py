@@ -151,6 +151,15 @@ class ScratchDatabase:
             db.row_factory = sqlite3.Row
             return [dict(row) for row in db.execute(sql.replace("%s", "?"), params)]
 
+    def execute(self, sql: str, params: list) -> None:
+        """Run a statement that changes rows; `%s` placeholders on either backend."""
+        if self.postgres:
+            with self._connect(self.name) as db:
+                db.execute(sql, params)
+            return
+        with sqlite3.connect(self.name) as db:
+            db.execute(sql.replace("%s", "?"), params)
+
     def drop(self) -> None:
         if self.postgres:
             self._admin(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')

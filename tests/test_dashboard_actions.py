@@ -178,6 +178,27 @@ def test_transfer_dials_the_chosen_target(client, agent, call, twilio):
     assert call.transferred_to == "+14155550177"
 
 
+@pytest.mark.parametrize("set_on", ["target", "form"])
+def test_staff_can_transfer_warm_with_a_reason_for_the_whisper(client, agent, call, twilio, set_on):
+    agent.transfer_targets.create(
+        name="sales", phone_number="+14155550177", mode="warm" if set_on == "target" else "cold"
+    )
+    logged_in(client, "transfer_call")
+    data = {"target": "sales", "reason": "Asks about a bulk order"}
+    if set_on == "form":
+        data["mode"] = "warm"
+    response = post(client, call, "transfer", data, **JSON)
+    assert response.json()["ok"] is True
+    assert "unless they accept" in response.json()["message"]
+    [(_, twiml)] = twilio["twiml"]
+    assert f"/twilio/voice/whisper?call={call.pk}" in twiml
+    assert f"/twilio/voice/dial-result?call={call.pk}" in twiml
+    event = CallEvent.objects.get(call=call, kind="transfer")
+    assert (event.data["mode"], event.data["reason"]) == ("warm", "Asks about a bulk order")
+    call.refresh_from_db()
+    assert call.transferred_to == ""  # the person has not taken the call yet
+
+
 def test_transfer_to_a_target_of_another_agent_is_refused_in_words(client, call, twilio):
     logged_in(client, "transfer_call")
     response = post(client, call, "transfer", {"target": "nobody"}, **JSON)

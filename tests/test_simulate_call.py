@@ -151,6 +151,33 @@ async def test_pressing_0_transfers_to_the_default_target(server):
     assert row["status"] == "completed"
 
 
+async def test_record_call_saves_the_recording_the_server_asked_twilio_for(server, tmp_path):
+    server.database.execute("UPDATE agents_agent SET record_calls = %s", [True])
+    try:
+        path = tmp_path / "call.wav"
+        call = simulated(
+            server, actions=[parse_action("dtmf", "#")], duration_s=30, call_recording_path=path
+        )
+        result = await call.run()
+    finally:
+        server.database.execute("UPDATE agents_agent SET record_calls = %s", [False])
+
+    assert result.errors == []
+    assert result.call_recording == path
+    with wave.open(io.BytesIO(path.read_bytes())) as wav:
+        assert (wav.getnchannels(), wav.getframerate()) == (2, 8000)
+        assert wav.getnframes() > 8000  # over a second: the greeting and the goodbye
+    rows = server.database.rows(
+        "SELECT r.status, r.channels FROM calls_recording r JOIN calls_call c"
+        " ON r.call_id = c.id WHERE c.sid = %s",
+        [result.call_sid],
+    )
+    assert [(row["status"], row["channels"]) for row in rows] == [("completed", 2)]
+    assert {"recording_started", "recording_in_progress", "recording_completed"} <= set(
+        server.event_kinds(result.call_sid)
+    )
+
+
 @pytest.mark.realtime
 @pytest.mark.parametrize("source", ["say", "audio"])
 async def test_the_caller_talking_over_the_greeting_cuts_it_off(server, tmp_path, source):

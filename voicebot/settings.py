@@ -139,6 +139,12 @@ if TWILIO_API_BASE_URL and urlsplit(TWILIO_API_BASE_URL).scheme not in {"http", 
 # Twilio did not answer and the caller is not left waiting in silence.
 TWILIO_HTTP_TIMEOUT_SECONDS = env_seconds("TWILIO_HTTP_TIMEOUT_SECONDS", 10.0)
 
+# Recordings older than this many days are deleted at Twilio and here by
+# `manage.py purge_recordings` (schedule it daily); 0 keeps them for ever.
+RECORDING_RETENTION_DAYS = env_int("RECORDING_RETENTION_DAYS", 90)
+if RECORDING_RETENTION_DAYS < 0:
+    raise ImproperlyConfigured("RECORDING_RETENTION_DAYS must be 0 (keep) or a number of days")
+
 # Development only: accept unsigned webhooks, with a warning logged on every request.
 TWILIO_SKIP_SIGNATURE_VALIDATION = env_bool("TWILIO_SKIP_SIGNATURE_VALIDATION", False)
 if TWILIO_SKIP_SIGNATURE_VALIDATION and not DEBUG:

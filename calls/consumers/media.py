@@ -281,8 +281,13 @@ class MediaStreamConsumer(StreamingConsumer):
             call_sid=opened.call_sid,
             agent_id=opened.agent_id,
             resumed_at_ms=opened.resumed_at_ms,
+            # Back from a transfer nobody took: the model hears why, instead of a greeting.
+            resume_note=event.custom_parameters.get(services.RESUME_PARAMETER, ""),
         )
         await self.session.start()
+        # Off the media path: a REST request to Twilio, if the agent records its calls.
+        recording = services.call_recording_start(call_id=opened.call_id, offset_ms=self.now_ms)
+        self._tasks.spawn(recording, "stream-recording")
 
     # --- draining: the call moves to another process ---------------------------------------
 

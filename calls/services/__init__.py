@@ -54,6 +54,13 @@ from .reconcile import (
     reconcile_lease_claim,
     reconcile_lease_release,
 )
+from .recordings import (
+    PurgeResult,
+    call_recording_start,
+    recording_status_record,
+    recordings_purge,
+)
+from .resume import RESUME_PARAMETER, call_resume_twiml
 from .streams import (
     STREAM_COUNTERS,
     StreamOpened,
@@ -68,6 +75,7 @@ from .transcripts import (
     transcript_history,
     transcript_interrupt,
 )
+from .warm import warm_dial_result, warm_whisper_answer, warm_whisper_twiml
 from .webhooks import (
     call_answer,
     call_end_reason_by_status,
@@ -78,6 +86,15 @@ from .webhooks import (
 )
 
 __all__ = [
+    "PurgeResult",
+    "call_recording_start",
+    "recording_status_record",
+    "recordings_purge",
+    "RESUME_PARAMETER",
+    "call_resume_twiml",
+    "warm_dial_result",
+    "warm_whisper_answer",
+    "warm_whisper_twiml",
     "STREAM_COUNTERS",
     "STREAM_UNANSWERED",
     "STREAM_UNREACHABLE",

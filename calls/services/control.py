@@ -22,7 +22,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from agents.models import TransferTarget
+from agents.models import TransferMode, TransferTarget
 from callmedia import audio
 
 from .. import telephony, twiml
@@ -299,13 +299,28 @@ def _transfer_prepare(call_id: str, target_name: str | None, actor: str, user: A
 
 @database_sync_to_async
 def _transfer_finish(
-    call: Call, target: TransferTarget, actor: str, user: Any, reason: str, error: str = ""
+    call: Call,
+    target: TransferTarget,
+    actor: str,
+    user: Any,
+    reason: str,
+    error: str = "",
+    mode: str = TransferMode.COLD,
 ) -> None:
-    data = {"target": target.name, "number": str(target.phone_number), "reason": reason}
+    data = {
+        "target": target.name,
+        "number": str(target.phone_number),
+        "reason": reason,
+        "mode": mode,
+    }
     if error:
         call_event_record(
             call=call, kind="transfer_failed", actor=actor, user=user, data={**data, "error": error}
         )
+        return
+    if mode == TransferMode.WARM:
+        # The call is the person's only once they accept (calls.services.warm).
+        call_event_record(call=call, kind="transfer", actor=actor, user=user, data=data)
         return
     with transaction.atomic():
         Call.objects.filter(pk=call.pk).update(
@@ -325,25 +340,35 @@ async def call_transfer(
     target_name: str | None = None,
     user: Any = None,
     reason: str = "",
+    mode: str | None = None,
 ) -> ControlOutcome:
     """Hand the caller to a person: replace the call's TwiML with a <Dial>.
 
     Twilio then ends the stream itself; the consumer is told first, so the `stop` that follows
-    is read as a transfer, not a hang-up. `target_name=None` means the agent's default target.
-    The transfer is Twilio's: it goes ahead when the stream does not confirm, which only
-    adds a `stream_note`.
+    is read as a transfer, not a hang-up. `target_name=None` means the agent's default target;
+    `mode` (cold or warm) defaults to the target's. A warm transfer announces the caller to
+    the person, who accepts with a key or sends the caller back to the agent
+    (calls.services.warm). The transfer is Twilio's: it goes ahead when the stream does not
+    confirm, which only adds a `stream_note`.
     """
     call, target = await _transfer_prepare(str(call_id), target_name, actor, user)
+    mode = mode or target.mode
+    number = str(target.phone_number)
+    document = (
+        twiml.dial_warm(number, call_id=str(call.pk))
+        if mode == TransferMode.WARM
+        else twiml.dial(number)
+    )
     message = {"type": "call.transferring", "target": target.name}
     note = await _tell_stream(str(call_id), message, "transfer", actor, user)
     try:
-        await telephony.call_update_twiml(call.sid, twiml.dial(str(target.phone_number)))
+        await telephony.call_update_twiml(call.sid, document)
     except telephony.TelephonyError as error:
-        await _transfer_finish(call, target, actor, user, reason, error=str(error))
+        await _transfer_finish(call, target, actor, user, reason, error=str(error), mode=mode)
         try:
             await call_send(str(call_id), {"type": "call.transfer_failed", "error": str(error)})
         except Exception as failure:  # the layer is down; the stream keeps `transferring`
             logger.warning("Call %s: could not tell the stream: %r", call.sid, failure)
         raise CallControlError(f"Transfer to {target.name} failed: {error}") from error
-    await _transfer_finish(call, target, actor, user, reason)
+    await _transfer_finish(call, target, actor, user, reason, mode=mode)
     return ControlOutcome(done=True, stream_note=note, target=target)

@@ -85,12 +85,16 @@ class AgentSession:
         call_sid: str,
         agent_id: int | None,
         resumed_at_ms: int | None = None,
+        resume_note: str = "",
     ) -> None:
         """`resumed_at_ms`: the call began on an earlier stream, this long before this one.
 
         A resumed call does not greet: its model session gets the conversation so far.
         """
         self.port = port
+        # Set when the call comes back to the agent on a new stream (a transfer not taken):
+        # told to the model in place of the greeting.
+        self.resume_note = resume_note
         self.call_id = str(call_id)
         self.call_sid = call_sid
         self.agent_id = agent_id
@@ -255,7 +259,14 @@ class AgentSession:
         self._model_since = asyncio.get_running_loop().time()
         logger.info("Call %s: connected to %s", self.call_sid, self.config.backend)
         self.backend = backend
-        if self.resumed:
+        if self.resume_note:
+            # Back from a transfer nobody took: the model has the call so far and is told
+            # why, and speaks first (the caller is waiting to hear what happened).
+            self.recorder.event("resumed", Actor.SYSTEM, {"note": self.resume_note})
+            backend.restore(self.history)
+            backend.add_context(self.resume_note)
+            self.respond()
+        elif self.resumed:
             self._restore(backend)  # the caller was greeted on the call's first stream
         elif self._amd is not None:
             self._spawn(self._after_machine_detection(), "amd")

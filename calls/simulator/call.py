@@ -215,6 +215,7 @@ class CallResult:
     marks_after_clear: int = 0
     heard_ulaw: bytes = b""
     recording: Path | None = None
+    call_recording: Path | None = None  # the dual-channel recording Twilio made, if asked
     rest_requests: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     # One summary per stream the call had, in order (`stream` is the last one's).
@@ -278,6 +279,7 @@ class SimulatedCall:
         rest_port: int = 8010,
         rest: TwilioRestEmulator | None = None,
         record_path: Path | None = None,
+        call_recording_path: Path | None = None,
         watch_database: bool = False,
         verbose: bool = False,
         log: LogCallback = print,
@@ -287,6 +289,7 @@ class SimulatedCall:
         self.duration_s = duration_s
         self.actions = list(actions or [])
         self.record_path = record_path
+        self.call_recording_path = call_recording_path
         self.watch_database = watch_database
         self.verbose = verbose
         self._seen_rows = {"transcript": 0, "event": 0}
@@ -305,6 +308,8 @@ class SimulatedCall:
             on_hangup=self._rest_hangup,
             on_twiml=self._rest_twiml,
         )
+        # Recording status callbacks go to the server like every webhook.
+        self.rest.post_callback = lambda url, params: self._webhook(url, params, absolute=True)
         self.stream: TwilioStreamClient | None = None
         self._instructions: StreamInstructions | None = None
         self._old_streams: list[TwilioStreamClient] = []
@@ -405,6 +410,7 @@ class SimulatedCall:
             account_sid=self.account_sid,
             custom_parameters=instructions.parameters,
             headers={security.SIGNATURE_HEADER: signature, **self._proxy_headers()},
+            audio_tap=self.rest.audio_tap_for(self.call_sid),  # what a recording captures
         )
         stream = self.stream
         # Events of a stream the call has left behind are not this call's any more.
@@ -492,7 +498,27 @@ class SimulatedCall:
             self.log(f"the call is now with {result.transferred_to}; the simulated caller leaves")
         if self.rest.calls.get(self.call_sid) not in ("completed", None):
             self.rest.set_status(self.call_sid, "completed")
+        await self._recordings_finish()
         await self._post_status("completed", duration_s=self._elapsed())
+
+    async def _recordings_finish(self) -> None:
+        """The call is over: Twilio finishes its recordings and reports them."""
+        try:
+            recordings = await self.rest.recordings_finish(self.call_sid)
+        except SimulationError as error:
+            self._error(f"recording status callback failed: {error}")
+            return
+        for recording in recordings:
+            self.log(f"recording {recording.sid} {recording.status} ({recording.duration_s} s)")
+        if self.call_recording_path is None:
+            return
+        done = [r for r in self.rest.recordings.values() if r.call_sid == self.call_sid and r.wav]
+        if not done:
+            self._error("the server did not record this call (is its agent's “Record calls” on?)")
+            return
+        self.call_recording_path.write_bytes(done[0].wav)
+        self.result.call_recording = self.call_recording_path
+        self.log(f"call recording written to {self.call_recording_path} (caller left, agent right)")
 
     # -- HTTP towards the server ---------------------------------------------------------------
 

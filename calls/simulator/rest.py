@@ -5,6 +5,11 @@ the call requests the project makes (create, fetch, hang up, replace TwiML) in T
 shapes, including its JSON errors, records every request for assertions, and calls hooks
 so a simulated call can react (a hangup ends the media stream, a TwiML update hands it off).
 
+It also emulates the Recordings resource (`EmulatedRecording`): a recording created on a call
+captures what the call's stream clients exchanged (`audio_tap_for`) as a dual-channel WAV,
+reports its status to the RecordingStatusCallback (signed, through `post_callback`), serves
+its media with basic auth and Range requests, and can be deleted.
+
 A fetch (GET) returns the Call resource as Twilio does: its status, and once it has ended
 its end time and duration (a string of whole seconds). A TwiML update is parsed: its
 ``<Dial>`` numbers and its ``<Connect><Stream>`` (url and parameters, e.g. a resume's fresh
@@ -28,6 +33,8 @@ from typing import Any
 
 from aiohttp import web
 
+from .recording import DualChannelRecorder
+
 API_VERSION = "2010-04-01"
 TERMINAL_STATUSES = frozenset({"completed", "canceled", "failed", "busy", "no-answer"})
 
@@ -36,7 +43,35 @@ _CALL_PATH = re.compile(
     rf"^/{API_VERSION}/Accounts/(?P<account>[^/]+)/Calls/(?P<call>[^/]+)\.json$"
 )
 
+_CALL_RECORDINGS_PATH = re.compile(
+    rf"^/{API_VERSION}/Accounts/(?P<account>[^/]+)/Calls/(?P<call>[^/]+)/Recordings\.json$"
+)
+_RECORDING_PATH = re.compile(
+    rf"^/{API_VERSION}/Accounts/(?P<account>[^/]+)/Recordings/(?P<sid>RE[0-9a-f]+)"
+    r"(?P<ext>\.json|\.wav)?$"
+)
+_RANGE = re.compile(r"^bytes=(?P<first>\d*)-(?P<last>\d*)$")
+
 Hook = Callable[..., Awaitable[None] | None]
+# POST a signed webhook to an absolute public URL, as Twilio does; returns the body.
+CallbackPoster = Callable[[str, dict[str, str]], Awaitable[str]]
+
+
+@dataclass
+class EmulatedRecording:
+    """One recording of a call, as the emulator's Recordings resource holds it."""
+
+    sid: str
+    account_sid: str
+    call_sid: str
+    form: dict[str, str]
+    events: list[str]
+    started_at: float  # loop time
+    start_time: str  # RFC 2822, as Twilio reports it
+    status: str = "in-progress"
+    wav: bytes = b""
+    duration_s: int = -1
+    callbacks: list[dict[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -51,6 +86,8 @@ class RestRequest:
     time: float
     auth: tuple[str, str] | None
     status: int = 0
+    # Every value of each field, for the repeated ones (RecordingStatusCallbackEvent).
+    form_lists: dict[str, list[str]] = field(default_factory=dict)
     dial_numbers: list[str] = field(default_factory=list)
     # A TwiML update's <Connect><Stream>: its url and its <Parameter>s (None: none in it).
     stream: ConnectStream | None = None
@@ -125,6 +162,27 @@ def _rfc2822_now() -> str:
     return format_datetime(datetime.now(UTC), usegmt=True)
 
 
+def _ranged(body: bytes, range_header: str | None, content_type: str) -> web.Response:
+    """Serve `body` honouring one `Range: bytes=…` as Twilio's media host does (206/416)."""
+    total = len(body)
+    headers = {"Accept-Ranges": "bytes"}
+    match = _RANGE.match(range_header.strip()) if range_header else None
+    if match is None or not (match["first"] or match["last"]):
+        return web.Response(body=body, content_type=content_type, headers=headers)
+    if match["first"]:
+        first = int(match["first"])
+        last = min(int(match["last"]), total - 1) if match["last"] else total - 1
+    else:  # the last N bytes
+        first, last = max(0, total - int(match["last"])), total - 1
+    if first >= total or first > last:
+        headers["Content-Range"] = f"bytes */{total}"
+        return web.Response(status=416, headers=headers)
+    headers["Content-Range"] = f"bytes {first}-{last}/{total}"
+    return web.Response(
+        status=206, body=body[first : last + 1], content_type=content_type, headers=headers
+    )
+
+
 def _basic_auth(header: str | None) -> tuple[str, str] | None:
     if not header or not header.startswith("Basic "):
         return None
@@ -182,6 +240,11 @@ class TwilioRestEmulator:
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
         self._new_request: asyncio.Condition | None = None
+        self.recordings: dict[str, EmulatedRecording] = {}
+        self.deleted_recordings: set[str] = set()
+        self.recorders: dict[str, DualChannelRecorder] = {}
+        # Where recording status callbacks go; without it they are only kept on the recording.
+        self.post_callback: CallbackPoster | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -324,7 +387,7 @@ class TwilioRestEmulator:
 
     # -- HTTP --------------------------------------------------------------------------------
 
-    async def _handle(self, request: web.Request) -> web.Response:
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
         form = await request.post() if request.method == "POST" else {}
         if self.response_delay_s:
             await asyncio.sleep(self.response_delay_s)
@@ -339,6 +402,7 @@ class TwilioRestEmulator:
             form={key: str(value) for key, value in form.items()},
             time=asyncio.get_running_loop().time(),
             auth=_basic_auth(request.headers.get("Authorization")),
+            form_lists={key: [str(v) for v in form.getall(key)] for key in form} if form else {},
         )
         response = self._respond(request, record, calls_match is not None)
         record.status = response.status
@@ -349,7 +413,9 @@ class TwilioRestEmulator:
             self._new_request.notify_all()
         return response
 
-    def _respond(self, request: web.Request, record: RestRequest, is_create: bool) -> web.Response:
+    def _respond(
+        self, request: web.Request, record: RestRequest, is_create: bool
+    ) -> web.StreamResponse:
         if record.auth is None or (
             self.auth_token is not None and record.auth[1] != self.auth_token
         ):
@@ -357,6 +423,13 @@ class TwilioRestEmulator:
         failure = self._take_failure(f"{record.method} {record.path}")
         if failure is not None:
             return twilio_error(failure.status, failure.code, failure.message)
+        recordings_match = _CALL_RECORDINGS_PATH.match(record.path)
+        if recordings_match and record.method == "POST":
+            record.account_sid = recordings_match["account"]
+            return self._recording_create(recordings_match["call"], record)
+        recording_match = _RECORDING_PATH.match(record.path)
+        if recording_match:
+            return self._recording(request, record, recording_match)
         if is_create and record.method == "POST":
             return self._create(record)
         if record.call_sid is not None and record.method == "POST":
@@ -404,6 +477,7 @@ class TwilioRestEmulator:
             if self.calls[sid] in TERMINAL_STATUSES:
                 return self._not_found(record.path)
             self.set_status(sid, "completed")
+            self._run_hook(self.recordings_finish, sid)
             self._run_hook(self.on_hangup, sid)
         elif record.twiml is not None or "Url" in record.form:
             if self.calls[sid] in TERMINAL_STATUSES:
@@ -457,6 +531,125 @@ class TwilioRestEmulator:
             "uri": uri,
             "subresource_uris": {},
         }
+
+    # -- recordings --------------------------------------------------------------------------
+
+    def audio_tap_for(self, call_sid: str) -> Callable[[str, float, bytes], None]:
+        """The `audio_tap` for a stream client of this call: what a recording captures."""
+        recorder = self.recorders.setdefault(call_sid, DualChannelRecorder())
+        return recorder.add
+
+    def recording_url(self, recording: EmulatedRecording) -> str:
+        """Twilio's RecordingUrl: the resource's address without an extension."""
+        return (
+            f"{self.base_url}/{API_VERSION}/Accounts/{recording.account_sid}"
+            f"/Recordings/{recording.sid}"
+        )
+
+    async def recordings_finish(self, call_sid: str) -> list[EmulatedRecording]:
+        """The call is over: its recordings stop, get their audio and report `completed`
+        (`absent` when nothing was heard), as Twilio does when a call ends."""
+        loop = asyncio.get_running_loop()
+        done = []
+        for recording in list(self.recordings.values()):
+            if recording.call_sid != call_sid or recording.status != "in-progress":
+                continue
+            recorder = self.recorders.get(call_sid, DualChannelRecorder())
+            now = loop.time()
+            recording.wav = recorder.wav(recording.started_at, now)
+            recording.duration_s = int(now - recording.started_at)
+            heard = any(recorder.chunks.values())
+            recording.status = "completed" if heard else "absent"
+            await self._recording_callback(recording)
+            done.append(recording)
+        return done
+
+    def _recording_create(self, call_sid: str, record: RestRequest) -> web.Response:
+        if self.calls.get(call_sid) != "in-progress":
+            # Twilio records only a call in progress.
+            return twilio_error(400, 21220, "Requested resource is not eligible for recording")
+        form = record.form
+        if form.get("RecordingChannels", "mono") not in ("mono", "dual"):
+            return twilio_error(400, 21222, "Invalid RecordingChannels")
+        if form.get("RecordingTrack", "both") not in ("inbound", "outbound", "both"):
+            return twilio_error(400, 13622, "Invalid recordingTrack value")
+        events = record.form_lists.get("RecordingStatusCallbackEvent") or ["completed"]
+        sid = "RE" + secrets.token_hex(16)
+        recording = EmulatedRecording(
+            sid=sid,
+            account_sid=record.account_sid or "",
+            call_sid=call_sid,
+            form=dict(form),
+            events=[e for event in events for e in event.split()],
+            started_at=asyncio.get_running_loop().time(),
+            start_time=_rfc2822_now(),
+        )
+        self.recordings[sid] = recording
+        self.recorders.setdefault(call_sid, DualChannelRecorder())
+        self._run_hook(self._recording_callback, recording)
+        return web.json_response(self._recording_resource(recording), status=201)
+
+    def _recording(
+        self, request: web.Request, record: RestRequest, match: re.Match
+    ) -> web.StreamResponse:
+        recording = self.recordings.get(match["sid"])
+        if recording is None or recording.account_sid != match["account"]:
+            return self._not_found(record.path)
+        if record.method == "DELETE":
+            del self.recordings[recording.sid]
+            self.deleted_recordings.add(recording.sid)
+            return web.Response(status=204)
+        if record.method != "GET":
+            return twilio_error(405, 20004, "Method not allowed")
+        if match["ext"] == ".wav":
+            if recording.status != "completed":
+                return self._not_found(record.path)
+            return _ranged(recording.wav, request.headers.get("Range"), "audio/x-wav")
+        return web.json_response(self._recording_resource(recording))
+
+    def _recording_resource(self, recording: EmulatedRecording) -> dict[str, Any]:
+        uri = f"/{API_VERSION}/Accounts/{recording.account_sid}/Recordings/{recording.sid}.json"
+        return {
+            "sid": recording.sid,
+            "account_sid": recording.account_sid,
+            "call_sid": recording.call_sid,
+            "conference_sid": None,
+            "status": recording.status,
+            "channels": 2 if recording.form.get("RecordingChannels") == "dual" else 1,
+            "source": "StartCallRecordingAPI",
+            "track": recording.form.get("RecordingTrack", "both"),
+            "start_time": recording.start_time,
+            "duration": str(recording.duration_s),
+            "date_created": recording.start_time,
+            "date_updated": _rfc2822_now(),
+            "api_version": API_VERSION,
+            "price": None,
+            "price_unit": "USD",
+            "error_code": None,
+            "encryption_details": None,
+            "uri": uri,
+        }
+
+    async def _recording_callback(self, recording: EmulatedRecording) -> None:
+        if recording.status not in recording.events:
+            return
+        url = recording.form.get("RecordingStatusCallback")
+        params = {
+            "AccountSid": recording.account_sid,
+            "CallSid": recording.call_sid,
+            "RecordingSid": recording.sid,
+            "RecordingUrl": self.recording_url(recording),
+            "RecordingStatus": recording.status,
+            "RecordingDuration": str(max(0, recording.duration_s)),
+            "RecordingChannels": "2" if recording.form.get("RecordingChannels") == "dual" else "1",
+            "RecordingStartTime": recording.start_time,
+            "RecordingSource": "StartCallRecordingAPI",
+            "RecordingTrack": recording.form.get("RecordingTrack", "both"),
+            "ErrorCode": "0",
+        }
+        recording.callbacks.append(params)
+        if url and self.post_callback is not None:
+            await self.post_callback(url, params)
 
     # -- hooks -------------------------------------------------------------------------------
 

@@ -41,6 +41,7 @@ DTMF_DIGITS = frozenset("0123456789*#")
 STOP_TIMEOUT_S = 5.0
 
 EventCallback = Callable[[str, dict[str, Any]], object]
+AudioTap = Callable[[str, float, bytes], object]
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,9 @@ class Playback:
     the clock moves; the methods that change the buffer advance it first.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, on_played: Callable[[float, bytes], object] | None = None) -> None:
+        """`on_played(at, audio)`: each stretch of audio as it plays, with its start time."""
+        self.on_played = on_played
         self.played = bytearray()
         self._buffer = bytearray()
         self._playhead_time = 0.0  # when the first buffered byte starts to play
@@ -86,6 +89,8 @@ class Playback:
             # The epsilon absorbs float error, so a byte due exactly at ``now`` plays.
             due = int((now - self._playhead_time) * PLAYBACK_BYTES_PER_S + 1e-6)
             count = min(len(self._buffer), max(0, due))
+            if count and self.on_played is not None:
+                self.on_played(self._playhead_time, bytes(self._buffer[:count]))
             self.played += self._buffer[:count]
             del self._buffer[:count]
             self._playhead_time += count / PLAYBACK_BYTES_PER_S
@@ -159,8 +164,13 @@ class TwilioStreamClient:
         headers: dict[str, str] | None = None,
         caller_audio: bytes | None = None,
         on_event: EventCallback | None = None,
+        audio_tap: AudioTap | None = None,
     ) -> None:
+        """`audio_tap(track, at, ulaw)` sees the call's audio on the loop's clock: each caller
+        frame sent ("inbound") and the agent's audio as it plays ("outbound"), for a
+        recording of the call."""
         self.url = url
+        self.audio_tap = audio_tap
         self.call_sid = call_sid
         self.account_sid = account_sid
         self.custom_parameters = dict(custom_parameters)
@@ -181,7 +191,7 @@ class TwilioStreamClient:
 
         self._caller_audio = bytearray(caller_audio or b"")
         self._silent_frame = silence(FRAME_MS)
-        self._playback = Playback()
+        self._playback = Playback(on_played=self._outbound_played if audio_tap else None)
         self._sequence_number = 0
         self._outbox: asyncio.Queue[str] = asyncio.Queue()
         self._ws: ClientConnection | None = None
@@ -392,13 +402,16 @@ class TwilioStreamClient:
             delay = self._start_time + (frame + 1) * FRAME_MS / 1000 - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
+            caller_frame = self._next_caller_frame()
+            if self.audio_tap is not None and not (self._hanging_up or self._closed.is_set()):
+                self.audio_tap("inbound", self._start_time + frame * FRAME_MS / 1000, caller_frame)
             self._enqueue(
                 inbound_media_message(
                     stream_sid=self.stream_sid,
                     sequence_number=self._next_sequence_number(),
                     chunk=frame + 1,
                     timestamp_ms=frame * FRAME_MS,
-                    payload_b64=base64.b64encode(self._next_caller_frame()).decode("ascii"),
+                    payload_b64=base64.b64encode(caller_frame).decode("ascii"),
                 ),
                 log=False,
             )
@@ -475,6 +488,10 @@ class TwilioStreamClient:
                     name=echo.name,
                 )
             )
+
+    def _outbound_played(self, at: float, audio: bytes) -> None:
+        if self.audio_tap is not None:
+            self.audio_tap("outbound", at, audio)
 
     def _advance_playback(self) -> None:
         # Playback ends with the call: after a hangup or a close nothing more is heard.

@@ -83,6 +83,14 @@ class Command(BaseCommand):
             )
         parser.add_argument("--record", type=Path, help="write what the caller heard to a WAV")
         parser.add_argument(
+            "--record-call",
+            type=Path,
+            nargs="?",
+            const=Path("call-recording.wav"),
+            help="write the call recording the server asked Twilio for (its agent records "
+            "calls) to a dual-channel WAV: caller left, agent right (default %(const)s)",
+        )
+        parser.add_argument(
             "--rest-port",
             type=int,
             default=8010,
@@ -106,6 +114,7 @@ class Command(BaseCommand):
             actions=options["actions"],
             rest_port=options["rest_port"],
             record_path=options["record"],
+            call_recording_path=options["record_call"],
             watch_database=not options["no_transcript"],
             verbose=options["verbosity"] >= 2,  # -v 2: every mark too
             log=self.stdout.write,
