@@ -22,6 +22,7 @@ class AgentAdmin(admin.ModelAdmin):
             "Limits and keys",
             {"fields": ["max_call_seconds", "idle_timeout_seconds", "transfer_digit"]},
         ),
+        ("After the call", {"fields": ["analysis_schema"]}),
     ]
 
     @admin.display(description="backend", ordering="backend")

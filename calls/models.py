@@ -56,6 +56,20 @@ class EndReason(models.TextChoices):
     UNKNOWN_TO_TWILIO = "twilio_unknown", "Unknown to Twilio"
 
 
+class Outcome(models.TextChoices):
+    """What a finished call came to, derived from how it ended (calls/outcomes.py)."""
+
+    RESOLVED = "resolved", "Resolved by the agent"
+    TRANSFERRED = "transferred", "Transferred, answered"
+    TRANSFER_UNANSWERED = "transfer_unanswered", "Transferred, not answered"
+    CALLER_HUNG_UP = "caller_hung_up", "Caller hung up"
+    NO_ANSWER = "no_answer", "No answer / busy"
+    VOICEMAIL = "voicemail", "Voicemail"
+    STAFF_ENDED = "staff_ended", "Ended by staff"
+    TIMED_OUT = "timed_out", "Time limit"
+    FAILED = "failed", "Failed"
+
+
 class Actor(models.TextChoices):
     CALLER = "caller"
     AGENT = "agent"
@@ -95,6 +109,10 @@ class Call(models.Model):
     )
     # Kept even if the target is later deleted or renumbered.
     transferred_to = models.CharField(max_length=32, blank=True)
+    # Set when the call ends (services.call_outcome_update); empty while it is live.
+    outcome = models.CharField(max_length=24, choices=Outcome.choices, blank=True, db_index=True)
+    # For a failure, what failed; for a transfer, what the <Dial> said; in words.
+    outcome_detail = models.CharField(max_length=300, blank=True)
     # Set once by whoever hangs up first, so Twilio is asked exactly once.
     hangup_requested_at = models.DateTimeField(null=True, blank=True, editable=False)
     # The nonce of the single outstanding stream token; emptied when the stream uses it.
@@ -104,6 +122,10 @@ class Call(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        indexes = [
+            # The analytics page: a date range, per agent.
+            models.Index(fields=["agent", "created_at"], name="call_agent_created"),
+        ]
         permissions = [
             ("hangup_call", "Can hang up a live call"),
             ("clear_audio", "Can clear the audio playing on a live call"),
@@ -274,3 +296,48 @@ class CallEvent(models.Model):
         if self.user_id:
             return f"staff {self.user}"
         return self.get_actor_display()
+
+
+class AnalysisStatus(models.TextChoices):
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class AnalysisSource(models.TextChoices):
+    MODEL = "model", "The model (from the transcript)"
+    DETERMINISTIC = "deterministic", "Built from the call's record (no model)"
+
+
+class CallAnalysis(models.Model):
+    """The post-call analysis of one call: a summary and the agent's structured fields.
+
+    Also the job that produces it: the analysis loop (calls/process.py) claims due rows with
+    a conditional UPDATE (`claimed_until` is the claim's lease), so any server process, or
+    `manage.py analyze_calls`, may run it and a process that dies mid-job loses only its lease.
+    """
+
+    call = models.OneToOneField(Call, on_delete=models.CASCADE, related_name="analysis")
+    status = models.CharField(
+        max_length=8,
+        choices=AnalysisStatus.choices,
+        default=AnalysisStatus.PENDING,
+        db_index=True,
+    )
+    source = models.CharField(max_length=16, choices=AnalysisSource.choices, blank=True)
+    model = models.CharField(max_length=64, blank=True)
+    summary = models.TextField(blank=True)
+    fields = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    run_after = models.DateTimeField(db_index=True)
+    claimed_until = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name_plural = "call analyses"
+
+    def __str__(self) -> str:
+        return f"analysis of {self.call_id}: {self.status}"

@@ -24,6 +24,9 @@ TEST_ENVIRONMENT = {
     # No reconciler in the suite's servers unless a test asks for one: it would ask Twilio
     # about every test's calls.
     "CALL_RECONCILER": "false",
+    # Nor post-call analysis: tests that want it run it against a local peer.
+    "CALL_ANALYSIS": "false",
+    "OPENAI_API_BASE_URL": "http://127.0.0.1:9",
 }
 os.environ.update(TEST_ENVIRONMENT)
 

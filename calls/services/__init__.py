@@ -5,7 +5,8 @@ these functions and nothing else writes calls. They are synchronous ORM code; as
 wrap them in `channels.db.database_sync_to_async`. The call control functions are async.
 
 Callers use the package's names (`services.call_hangup`); the modules split them by concern:
-webhooks, streams, transcripts (and the event log), control, outbound, liveness (which
+webhooks, streams, transcripts (and the event log), control, outbound, outcomes (how a finished call
+ended) and analysis (its summary, after it), liveness (which
 process holds which stream) and reconcile (ghost calls set right). What the staff feed
 sends is `calls.feed`'s; its names are re-exported here for existing callers.
 """
@@ -17,6 +18,13 @@ from ..feed import (
     call_summary,
     live_broadcast,
     transcript_summary,
+)
+from .analysis import (
+    analyses_claim,
+    analyses_run_due,
+    analyses_select,
+    analysis_enqueue,
+    analysis_run,
 )
 from .control import (
     CallControlError,
@@ -34,6 +42,7 @@ from .liveness import (
     stream_process_attach,
 )
 from .outbound import call_place_outbound, e164
+from .outcomes import call_outcome_update, calls_outcome_backfill
 from .reconcile import (
     Outcome,
     call_mark_ended,
@@ -64,6 +73,13 @@ from .webhooks import (
 )
 
 __all__ = [
+    "analyses_claim",
+    "analyses_run_due",
+    "analyses_select",
+    "analysis_enqueue",
+    "analysis_run",
+    "call_outcome_update",
+    "calls_outcome_backfill",
     "STREAM_COUNTERS",
     "SPEAKERS_AUDIBLE",
     "CallControlError",
