@@ -26,6 +26,7 @@ from .analysis import (
     analysis_enqueue,
     analysis_run,
 )
+from .analytics import calls_analytics
 from .control import (
     CallControlError,
     call_clear_audio,
@@ -55,6 +56,7 @@ from .reconcile import (
     reconcile_lease_claim,
     reconcile_lease_release,
 )
+from .search import calls_search
 from .streams import (
     STREAM_COUNTERS,
     StreamOpened,
@@ -79,6 +81,8 @@ __all__ = [
     "analysis_enqueue",
     "analysis_run",
     "call_outcome_update",
+    "calls_search",
+    "calls_analytics",
     "calls_outcome_backfill",
     "STREAM_COUNTERS",
     "SPEAKERS_AUDIBLE",
