@@ -40,9 +40,8 @@ class Command(BaseCommand):
             calls = calls.filter(created_at__gte=_since(since))
         if agent:
             calls = calls.filter(agent__name=agent)
-        if not redo:
-            calls_without = calls.filter(outcome="")
-        changed = services.calls_outcome_backfill(calls=calls if redo else calls_without)
+        # Without --redo, only calls that have no outcome yet get one.
+        changed = services.calls_outcome_backfill(calls=calls if redo else calls.filter(outcome=""))
         self.stdout.write(f"Outcomes set on {changed} calls.")
 
         queued = 0
