@@ -45,6 +45,7 @@ class AgentAdmin(admin.ModelAdmin):
             {"fields": ["max_call_seconds", "idle_timeout_seconds", "transfer_digit"]},
         ),
         ("Recording", {"fields": ["record_calls"]}),
+        ("After the call", {"fields": ["analysis_schema"]}),
     ]
 
     def save_model(self, request, obj: Agent, form, change: bool) -> None:

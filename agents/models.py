@@ -1,6 +1,9 @@
+from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 from phonenumber_field.modelfields import PhoneNumberField
+
+from .analysis_schema import analysis_schema_normalize
 
 
 class Backend(models.TextChoices):
@@ -104,6 +107,17 @@ class Agent(models.Model):
         help_text="Record its calls at Twilio (caller and agent on separate channels); staff "
         "with the permission can play them on the call's page.",
     )
+    analysis_schema = models.JSONField(
+        "analysis fields",
+        default=dict,
+        blank=True,
+        help_text=(
+            "After each call a summary is written, plus these fields, taken from the "
+            'transcript. A JSON Schema object, e.g. {"type": "object", "properties": '
+            '{"reason": {"type": "string"}, "follow_up_needed": {"type": "boolean"}}}. '
+            "Empty: the summary only."
+        ),
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -119,6 +133,12 @@ class Agent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.phone_number})" if self.phone_number else self.name
+
+    def clean(self) -> None:
+        try:
+            self.analysis_schema = analysis_schema_normalize(self.analysis_schema)
+        except ValidationError as error:
+            raise ValidationError({"analysis_schema": error.messages}) from error
 
 
 class TransferMode(models.TextChoices):

@@ -3,7 +3,7 @@ from collections.abc import Callable
 from django.contrib import admin, messages
 from django.urls import URLPattern, path
 
-from . import admin_views, labels, trial_views
+from . import admin_analytics, admin_views, labels, services, trial_views
 from .models import LIVE_STATUSES, Call, CallEvent
 
 # The call list's columns, in one place, narrow enough for a 1366 px screen with the
@@ -25,7 +25,7 @@ CALL_LIST_COLUMNS = [
 class CallAdmin(admin.ModelAdmin):
     list_display = CALL_LIST_COLUMNS
     list_display_links = ["caller"]
-    list_filter = ["status", "direction", "end_reason", "agent", "created_at"]
+    list_filter = ["status", "outcome", "direction", "end_reason", "agent", "created_at"]
     search_fields = ["sid", "from_number", "to_number"]
     date_hierarchy = "created_at"
     list_select_related = ["agent"]
@@ -40,6 +40,7 @@ class CallAdmin(admin.ModelAdmin):
         return [
             route("live/", admin_views.live, "live"),
             route("place/", admin_views.place, "place"),
+            route("analytics/", admin_analytics.analytics, "analytics"),
             route("<uuid:call_id>/hangup/", admin_views.hangup, "hangup"),
             route("<uuid:call_id>/clear/", admin_views.clear, "clear"),
             route("<uuid:call_id>/transfer/", admin_views.transfer, "transfer"),
@@ -49,6 +50,10 @@ class CallAdmin(admin.ModelAdmin):
             route("test-agent/run/<str:call_sid>/", trial_views.progress, "trial"),
             *super().get_urls(),
         ]
+
+    def get_search_results(self, request, queryset, search_term):
+        # The numbers, the SID, the agent's name, and the words said (calls/services/search.py).
+        return services.calls_search(calls=queryset, term=search_term), False
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         # Calls are written only by services: their page shows what happened, and steers.

@@ -9,6 +9,7 @@ was a plain form post (the detail page works without JavaScript).
 
 import asyncio
 import csv
+import json
 import re
 import uuid
 from collections.abc import Callable, Iterator
@@ -33,7 +34,15 @@ from agents.models import TransferMode, TransferTarget
 
 from . import feed, labels, services
 from .forms import PlaceCallForm, SayForm, TransferForm
-from .models import Actor, Call, EndReason, RecordingStatus, StreamStatus, TranscriptEntry
+from .models import (
+    Actor,
+    Call,
+    CallAnalysis,
+    EndReason,
+    RecordingStatus,
+    StreamStatus,
+    TranscriptEntry,
+)
 
 LIVE_SOCKET_PATH = "/ws/calls/live"
 # Stands for a call's id in the URL templates handed to the live page's script.
@@ -329,8 +338,21 @@ def detail(request: HttpRequest, object_id: str, model_admin: ModelAdmin) -> Htt
         "transfer_form": TransferForm(targets=targets, auto_id=False) if targets else None,
         "has_delete_permission": model_admin.has_delete_permission(request, call),
         "zone_label": labels.time_zone_label(),
+        **_analysis_context(call),
     }
     return TemplateResponse(request, "admin/calls/call/detail.html", context)
+
+
+def _analysis_context(call: Call) -> dict[str, Any]:
+    analysis = CallAnalysis.objects.filter(call=call).first()
+    fields = (analysis.fields if analysis else None) or {}
+    return {
+        "analysis": analysis,
+        "analysis_fields": [
+            (name.replace("_", " "), value if isinstance(value, str) else json.dumps(value))
+            for name, value in fields.items()
+        ],
+    }
 
 
 # --- changelist actions ---------------------------------------------------------------------
@@ -372,7 +394,13 @@ CSV_COLUMNS = [
     "text",
     "interrupted",
     "heard_ms",
+    "outcome",
+    "outcome_detail",
+    "duration_seconds",
+    "summary",
 ]
+# Then one column per structured field of the calls' analyses: "field:<name>".
+FIELD_COLUMN_PREFIX = "field:"
 # A cell a spreadsheet would read as a formula. Callers' words end up in these files.
 _FORMULA_START = re.compile(r"^[=+\-@\t\r]")
 _E164 = re.compile(r"^\+[0-9]{1,15}$")
@@ -384,15 +412,30 @@ def csv_safe(value: str) -> str:
     return value
 
 
+def _field_cell(value: Any) -> str:
+    return csv_safe(value) if isinstance(value, str) else json.dumps(value)
+
+
 def transcript_rows(calls: QuerySet[Call]) -> Iterator[list[Any]]:
     entries = (
         TranscriptEntry.objects.filter(call__in=calls)
-        .select_related("call", "call__agent")
+        .select_related("call", "call__agent", "call__analysis")
         .order_by("call__created_at", "call_id", "offset_ms", "id")
     )
-    yield CSV_COLUMNS
+    field_names = sorted(
+        {
+            name
+            for fields in CallAnalysis.objects.filter(call__in=calls).values_list(
+                "fields", flat=True
+            )
+            for name in (fields or {})
+        }
+    )
+    yield CSV_COLUMNS + [FIELD_COLUMN_PREFIX + name for name in field_names]
     for entry in entries.iterator(chunk_size=2000):
         call = entry.call
+        analysis = getattr(call, "analysis", None)
+        fields = (analysis.fields if analysis else None) or {}
         yield [
             call.sid,
             call.created_at.isoformat(),
@@ -405,6 +448,11 @@ def transcript_rows(calls: QuerySet[Call]) -> Iterator[list[Any]]:
             csv_safe(entry.text),
             "yes" if entry.interrupted else "no",
             "" if entry.heard_ms is None else entry.heard_ms,
+            call.outcome,
+            csv_safe(call.outcome_detail),
+            "" if call.duration_seconds is None else call.duration_seconds,
+            csv_safe(analysis.summary) if analysis else "",
+            *(_field_cell(fields[name]) if name in fields else "" for name in field_names),
         ]
 
 

@@ -62,6 +62,20 @@ class EndReason(models.TextChoices):
     MACHINE = "machine", "Answering machine"
 
 
+class Outcome(models.TextChoices):
+    """What a finished call came to, derived from how it ended (calls/outcomes.py)."""
+
+    RESOLVED = "resolved", "Resolved by the agent"
+    TRANSFERRED = "transferred", "Transferred, answered"
+    TRANSFER_UNANSWERED = "transfer_unanswered", "Transferred, not answered"
+    CALLER_HUNG_UP = "caller_hung_up", "Caller hung up"
+    NO_ANSWER = "no_answer", "No answer / busy"
+    VOICEMAIL = "voicemail", "Voicemail"
+    STAFF_ENDED = "staff_ended", "Ended by staff"
+    TIMED_OUT = "timed_out", "Time limit"
+    FAILED = "failed", "Failed"
+
+
 class Actor(models.TextChoices):
     CALLER = "caller"
     AGENT = "agent"
@@ -85,7 +99,8 @@ class Call(models.Model):
         max_length=16, choices=CallStatus.choices, default=CallStatus.QUEUED, db_index=True
     )
     status_sequence = models.IntegerField(null=True, blank=True, editable=False)
-    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    # Indexed by `call_analytics`, whose first column it is.
+    created_at = models.DateTimeField(auto_now_add=True)
     answered_at = models.DateTimeField(null=True, blank=True)
     ended_at = models.DateTimeField(null=True, blank=True)
     duration_seconds = models.PositiveIntegerField(null=True, blank=True)
@@ -101,6 +116,10 @@ class Call(models.Model):
     )
     # Kept even if the target is later deleted or renumbered.
     transferred_to = models.CharField(max_length=32, blank=True)
+    # Set when the call ends (services.call_outcome_update); empty while it is live.
+    outcome = models.CharField(max_length=24, choices=Outcome.choices, blank=True, db_index=True)
+    # For a failure, what failed; for a transfer, what the <Dial> said; in words.
+    outcome_detail = models.CharField(max_length=300, blank=True)
     # Set once by whoever hangs up first, so Twilio is asked exactly once.
     hangup_requested_at = models.DateTimeField(null=True, blank=True, editable=False)
     # Answering-machine detection asked of Twilio when placing the call ("" = none), and
@@ -116,6 +135,14 @@ class Call(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        indexes = [
+            # The analytics page reads only these columns over a date range: from the index
+            # alone, without the table's rows.
+            models.Index(
+                fields=["created_at", "agent", "outcome", "duration_seconds"],
+                name="call_analytics",
+            ),
+        ]
         permissions = [
             ("hangup_call", "Can hang up a live call"),
             ("clear_audio", "Can clear the audio playing on a live call"),
@@ -347,3 +374,48 @@ class Recording(models.Model):
 
     def __str__(self) -> str:
         return self.sid
+
+
+class AnalysisStatus(models.TextChoices):
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class AnalysisSource(models.TextChoices):
+    MODEL = "model", "The model (from the transcript)"
+    DETERMINISTIC = "deterministic", "Built from the call's record (no model)"
+
+
+class CallAnalysis(models.Model):
+    """The post-call analysis of one call: a summary and the agent's structured fields.
+
+    Also the job that produces it: the analysis loop (calls/process.py) claims due rows with
+    a conditional UPDATE (`claimed_until` is the claim's lease), so any server process, or
+    `manage.py analyze_calls`, may run it and a process that dies mid-job loses only its lease.
+    """
+
+    call = models.OneToOneField(Call, on_delete=models.CASCADE, related_name="analysis")
+    status = models.CharField(
+        max_length=8,
+        choices=AnalysisStatus.choices,
+        default=AnalysisStatus.PENDING,
+        db_index=True,
+    )
+    source = models.CharField(max_length=16, choices=AnalysisSource.choices, blank=True)
+    model = models.CharField(max_length=64, blank=True)
+    summary = models.TextField(blank=True)
+    fields = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    run_after = models.DateTimeField(db_index=True)
+    claimed_until = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name_plural = "call analyses"
+
+    def __str__(self) -> str:
+        return f"analysis of {self.call_id}: {self.status}"

@@ -12,6 +12,9 @@ reactor starts, or else on the ASGI application's first scope:
   serves (`services.calls_reconcile`). `manage.py reconcile_calls --loop` runs the same loop
   on its own.
 
+- the post-call analysis (with CALL_ANALYSIS on): every ANALYSIS_POLL_SECONDS it claims the
+  analyses that are due and runs them (`services.analyses_run_due`).
+
 On a normal exit the process marks itself stopped, so what it still held is taken over at
 the next pass rather than after STREAM_STALE_SECONDS.
 """
@@ -98,6 +101,8 @@ def start() -> None:
         _tasks.spawn(reconcile_loop(holder_name()), "call-reconciler")
     for name, factory in _registered:
         _tasks.spawn(factory(), name)
+    if settings.CALL_ANALYSIS:
+        _tasks.spawn(analysis_loop(), "call-analysis")
     atexit.register(_on_exit)
 
 
@@ -126,6 +131,19 @@ async def reconcile_loop(holder: str) -> None:
             continue
         if outcomes:
             logger.info("Reconciler %s: %s", holder, dict(outcomes))
+
+
+async def analysis_loop() -> None:
+    """Run the post-call analyses that are due: every ANALYSIS_POLL_SECONDS, or at once
+    again while there is work (at most ANALYSIS_CONCURRENCY jobs at a time)."""
+    while True:
+        try:
+            statuses = await services.analyses_run_due()
+        except Exception:
+            logger.exception("Analysis pass failed")
+            statuses = None
+        if not statuses:
+            await asyncio.sleep(settings.ANALYSIS_POLL_SECONDS * random.uniform(0.8, 1.0))
 
 
 def _on_exit() -> None:

@@ -210,6 +210,26 @@ MODEL_RECONNECT_TIMEOUT_SECONDS = env_int("MODEL_RECONNECT_TIMEOUT_SECONDS", 5)
 # they are handed over, or after this many seconds whatever is left.
 DRAIN_DEADLINE_SECONDS = env_int("DRAIN_DEADLINE_SECONDS", 30)
 
+# Post-call analysis (calls/services/analysis.py): a summary and the agent's fields from the
+# transcript, by the Responses API at OPENAI_API_BASE_URL (a local peer in tests). Without
+# OPENAI_API_KEY a deterministic summary from the call's record is written instead.
+OPENAI_API_BASE_URL = env_str("OPENAI_API_BASE_URL", "https://api.openai.com")
+if urlsplit(OPENAI_API_BASE_URL).scheme not in {"http", "https"}:
+    raise ImproperlyConfigured("OPENAI_API_BASE_URL must be an http:// or https:// URL")
+ANALYSIS_MODEL = env_str("ANALYSIS_MODEL", "gpt-4.1-mini")
+# Run the analysis loop in each server process; `manage.py analyze_calls` runs it otherwise.
+CALL_ANALYSIS = env_bool("CALL_ANALYSIS", True)
+# Wait this long after a call ends: the session writes its last transcript lines meanwhile.
+ANALYSIS_DELAY_SECONDS = env_seconds("ANALYSIS_DELAY_SECONDS", 15.0)
+ANALYSIS_POLL_SECONDS = env_seconds("ANALYSIS_POLL_SECONDS", 5.0)
+ANALYSIS_CONCURRENCY = env_int("ANALYSIS_CONCURRENCY", 2)
+ANALYSIS_MAX_ATTEMPTS = env_int("ANALYSIS_MAX_ATTEMPTS", 4)
+# Attempt n waits ANALYSIS_RETRY_SECONDS * 2**(n-1) after the previous one failed.
+ANALYSIS_RETRY_SECONDS = env_seconds("ANALYSIS_RETRY_SECONDS", 30.0)
+ANALYSIS_HTTP_TIMEOUT_SECONDS = env_seconds("ANALYSIS_HTTP_TIMEOUT_SECONDS", 60.0)
+if ANALYSIS_CONCURRENCY < 1 or ANALYSIS_MAX_ATTEMPTS < 1:
+    raise ImproperlyConfigured("ANALYSIS_CONCURRENCY and ANALYSIS_MAX_ATTEMPTS must be at least 1")
+
 INSTALLED_APPS = [
     "daphne",
     "django.contrib.admin",

@@ -30,6 +30,9 @@ TEST_ENVIRONMENT = {
     "CALL_RECONCILER": "false",
     # Nor a campaign dialler: tests that run campaigns start their own.
     "CAMPAIGN_DIALLER": "false",
+    # Nor post-call analysis: tests that want it run it against a local peer.
+    "CALL_ANALYSIS": "false",
+    "OPENAI_API_BASE_URL": "http://127.0.0.1:9",
 }
 os.environ.update(TEST_ENVIRONMENT)
 # Set even when empty, so that a developer's .env (read without overriding) cannot switch them.

@@ -5,7 +5,8 @@ these functions and nothing else writes calls. They are synchronous ORM code; as
 wrap them in `channels.db.database_sync_to_async`. The call control functions are async.
 
 Callers use the package's names (`services.call_hangup`); the modules split them by concern:
-webhooks, streams, transcripts (and the event log), control, outbound, liveness (which
+webhooks, streams, transcripts (and the event log), control, outbound, outcomes (how a finished call
+ended) and analysis (its summary, after it), liveness (which
 process holds which stream) and reconcile (ghost calls set right). What the staff feed
 sends is `calls.feed`'s; its names are re-exported here for existing callers.
 """
@@ -19,6 +20,14 @@ from ..feed import (
     transcript_summary,
 )
 from .amd import call_amd_record
+from .analysis import (
+    analyses_claim,
+    analyses_run_due,
+    analyses_select,
+    analysis_enqueue,
+    analysis_run,
+)
+from .analytics import calls_analytics
 from .control import (
     STREAM_UNANSWERED,
     STREAM_UNREACHABLE,
@@ -42,6 +51,7 @@ from .liveness import (
     stream_process_attach,
 )
 from .outbound import call_place_outbound, e164
+from .outcomes import call_outcome_update, calls_outcome_backfill
 from .reconcile import (
     Outcome,
     call_mark_ended,
@@ -61,6 +71,7 @@ from .recordings import (
     recordings_purge,
 )
 from .resume import RESUME_PARAMETER, call_resume_twiml
+from .search import calls_search
 from .streams import (
     STREAM_COUNTERS,
     StreamOpened,
@@ -95,6 +106,15 @@ __all__ = [
     "warm_dial_result",
     "warm_whisper_answer",
     "warm_whisper_twiml",
+    "analyses_claim",
+    "analyses_run_due",
+    "analyses_select",
+    "analysis_enqueue",
+    "analysis_run",
+    "call_outcome_update",
+    "calls_search",
+    "calls_analytics",
+    "calls_outcome_backfill",
     "STREAM_COUNTERS",
     "STREAM_UNANSWERED",
     "STREAM_UNREACHABLE",

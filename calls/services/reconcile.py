@@ -45,6 +45,7 @@ from ..models import (
 )
 from .control import CallControlError, call_hangup
 from .liveness import processes_prune
+from .outcomes import call_outcome_update
 from .transcripts import call_event_record
 from .webhooks import call_status_update
 
@@ -249,6 +250,7 @@ def call_reconciled_end(
                 "duration_seconds": call.duration_seconds,
             },
         )
+        call_outcome_update(call=call)
         call_broadcast(call)
     return call
 

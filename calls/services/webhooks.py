@@ -23,6 +23,7 @@ from ..models import (
     StreamStatus,
 )
 from .handover import stream_resume_token
+from .outcomes import call_outcome_update
 from .transcripts import call_event_record
 
 logger = logging.getLogger(__name__)
@@ -171,6 +172,7 @@ def call_status_update(
             actor=Actor.TWILIO,
             data={"status": status, "sequence": sequence, "duration_seconds": duration_seconds},
         )
+        call_outcome_update(call=call)
         call_broadcast(call)
     return call
 
@@ -203,6 +205,7 @@ def call_end_record(
             call.end_reason = call.end_reason or reason
         call.save(update_fields=["status", "ended_at", "end_reason"])
         call_event_record(call=call, kind="ended", actor=actor, data={"reason": call.end_reason})
+        call_outcome_update(call=call)
         call_broadcast(call)
     return call
 
@@ -217,7 +220,10 @@ def dial_outcome_record(*, call_sid: str, dial_status: str, duration_seconds: in
             actor=Actor.TWILIO,
             data={"dial_status": dial_status, "duration_seconds": duration_seconds},
         )
-        call_end_record(call_id=call.pk, reason=EndReason.TRANSFERRED, actor=Actor.TWILIO)
+        call = call_end_record(call_id=call.pk, reason=EndReason.TRANSFERRED, actor=Actor.TWILIO)
+        if call is not None:
+            # Ended already (a status callback came first): the dial's result still counts.
+            call_outcome_update(call=call)
     return twiml.hangup()
 
 

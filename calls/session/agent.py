@@ -190,6 +190,8 @@ class AgentSession:
         if config is None or backend is None or self.phase is not Phase.ACTIVE:
             return
         self._touch()
+        # The keys are part of what happened (the call's summary lists them).
+        self.recorder.event("key_pressed", Actor.CALLER, {"digit": digit})
         target = config.default_target
         if digit == config.transfer_digit and target is not None:
             self.cut_off("dtmf_transfer_cut_off", Actor.CALLER)
