@@ -197,3 +197,39 @@ def test_microphone_rate_is_real_time_with_a_little_burst():
     assert not rate.allow(480, 0.0)
     assert rate.allow(480, 0.06)
     assert not rate.allow(480, 0.061)
+
+
+class _Stream:
+    """The parts of the media consumer the hub uses."""
+
+    def __init__(self) -> None:
+        from channels.layers import InMemoryChannelLayer
+
+        self.call_id, self.call_sid, self.now_ms = "c0ffee", "CA-hub", 0
+        self.tap = None
+        self.channel_layer = InMemoryChannelLayer()
+        self.lost: list[str] = []
+
+    def holder_lost(self, channel: str) -> None:
+        self.lost.append(channel)
+
+
+async def test_the_tap_exists_only_while_someone_listens():
+    from calls.consumers.listening import ListenHub
+
+    stream = _Stream()
+    hub = ListenHub(stream)
+    assert stream.tap is None
+    hub.join("a")
+    hub.join("b")
+    assert stream.tap is not None
+    hub.leave("a")
+    assert stream.tap is not None
+    hub.leave("b")
+    assert stream.tap is None
+    # A listener whose keepalives stop (its process died) is forgotten, and the tap goes.
+    hub.join("c")
+    hub.holder = "c"
+    hub.listeners["c"] = 0.0  # expired long ago
+    await asyncio.sleep(0.25)
+    assert stream.tap is None and stream.lost == ["c"]
