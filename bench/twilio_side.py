@@ -331,13 +331,26 @@ class Listener:
         self.task: asyncio.Task | None = None
 
     async def start(self, http: aiohttp.ClientSession, url: str, cookie: str, origin: str) -> None:
-        try:
-            self.ws = await http.ws_connect(
-                url, headers={"Cookie": cookie, "Origin": origin}, compress=0, max_msg_size=0
-            )
-        except Exception as error:
-            self.error = repr(error)
+        # A busy server may reset a connection; a browser would try again.
+        for attempt in range(3):
+            try:
+                self.ws = await http.ws_connect(
+                    url, headers={"Cookie": cookie, "Origin": origin}, compress=0, max_msg_size=0
+                )
+                break
+            except (
+                aiohttp.ClientOSError,
+                aiohttp.ServerDisconnectedError,
+                aiohttp.WSServerHandshakeError,  # a refusal when SQLite was locked
+            ) as error:
+                self.error = repr(error)
+                await asyncio.sleep(0.5 * (attempt + 1))
+            except Exception as error:
+                self.error = repr(error)
+                return
+        if self.ws is None:
             return
+        self.error = ""
         self.task = asyncio.create_task(self._read())
 
     async def _read(self) -> None:

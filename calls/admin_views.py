@@ -42,6 +42,7 @@ PLACEHOLDER_ID = uuid.UUID(int=0)
 LISTEN_SOCKET = {
     "socket_path": f"/ws/calls/{PLACEHOLDER_ID}/listen",
     "placeholder": str(PLACEHOLDER_ID),
+    "sides": (("caller", "Caller"), ("agent", "Agent")),
 }
 
 ACTION_PERMISSIONS = {
