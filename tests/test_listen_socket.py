@@ -180,7 +180,13 @@ async def test_take_over_silences_the_agent_and_hand_back_tells_the_model(
         await ws.close()
     kinds = {(e.kind, u) async for e, u in _events_with_users(call)}
     assert {("take_over", "boss"), ("hand_back", "boss")} <= kinds
-    lines = [t.text async for t in TranscriptEntry.objects.filter(call=call, speaker="staff")]
+    staff = TranscriptEntry.objects.filter(call=call, speaker="staff")
+
+    async def both_lines() -> bool:
+        return await staff.acount() == 2
+
+    await live.wait_until(both_lines, what="take-over and hand-back in the transcript")
+    lines = [t.text async for t in staff]
     assert any("took over" in line for line in lines) and any("handed" in line for line in lines)
     await finish(live)
 
