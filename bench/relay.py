@@ -354,6 +354,8 @@ def run_once(
             cookie,
             "--dashboards",
             str(args.dashboards),
+            "--listeners",
+            str(args.listeners),
             "--seed",
             str(run * 1000 + calls + 1),
         ],
@@ -588,6 +590,7 @@ def analyse(
         "protocol_errors": len(errors),
         "protocol_error_examples": sorted(set(errors))[:5],
         "dashboards": twilio["dashboards"],
+        "listeners": twilio.get("listeners", []),
         "rest_requests": twilio["rest_requests"],
         "model": model["summary"] | {"session_calls": None},
     }
@@ -873,6 +876,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--reply-ms", type=int, default=8000, help="length of each model reply")
     parser.add_argument("--dashboards", type=int, default=1, help="staff live-feed sockets")
+    parser.add_argument(
+        "--listeners", type=int, default=0, help="calls with a staff member listening in"
+    )
     parser.add_argument("--start-timeout", type=float, default=60.0)
     parser.add_argument(
         "--noise-limit",

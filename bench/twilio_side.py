@@ -287,6 +287,7 @@ class Dashboard:
         self.error = ""
         self.ws: ClientWebSocketResponse | None = None
         self.task: asyncio.Task | None = None
+        self.call_ids: dict[str, str] = {}  # call sid -> the call's uuid, from the summaries
 
     async def start(self, http: aiohttp.ClientSession, url: str, cookie: str, origin: str) -> None:
         try:
@@ -303,10 +304,61 @@ class Dashboard:
         async for message in self.ws:
             if message.type is WSMsgType.TEXT:
                 self.messages += 1
-                kind = json.loads(message.data).get("event", "?")
+                data = json.loads(message.data)
+                kind = data.get("event", "?")
                 self.kinds[kind] = self.kinds.get(kind, 0) + 1
+                for call in [data.get("call") or {}, *data.get("calls", [])]:
+                    if call.get("sid"):
+                        self.call_ids[call["sid"]] = call["id"]
         if self.ws.close_code not in (None, 1000):
             self.error = f"closed with code {self.ws.close_code}"
+
+    async def stop(self) -> None:
+        if self.ws is not None:
+            await self.ws.close()
+        if self.task is not None:
+            await asyncio.gather(self.task, return_exceptions=True)
+
+
+class Listener:
+    """A staff member listening to one call (/ws/calls/<uuid>/listen): batches counted."""
+
+    def __init__(self) -> None:
+        self.batches = 0
+        self.bytes = 0
+        self.error = ""
+        self.ws: ClientWebSocketResponse | None = None
+        self.task: asyncio.Task | None = None
+
+    async def start(self, http: aiohttp.ClientSession, url: str, cookie: str, origin: str) -> None:
+        # A busy server may reset a connection; a browser would try again.
+        for attempt in range(3):
+            try:
+                self.ws = await http.ws_connect(
+                    url, headers={"Cookie": cookie, "Origin": origin}, compress=0, max_msg_size=0
+                )
+                break
+            except (
+                aiohttp.ClientOSError,
+                aiohttp.ServerDisconnectedError,
+                aiohttp.WSServerHandshakeError,  # a refusal when SQLite was locked
+            ) as error:
+                self.error = repr(error)
+                await asyncio.sleep(0.5 * (attempt + 1))
+            except Exception as error:
+                self.error = repr(error)
+                return
+        if self.ws is None:
+            return
+        self.error = ""
+        self.task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.ws is not None
+        async for message in self.ws:
+            if message.type is WSMsgType.BINARY:
+                self.batches += 1
+                self.bytes += len(message.data)
 
     async def stop(self) -> None:
         if self.ws is not None:
@@ -405,6 +457,10 @@ async def main(args: argparse.Namespace) -> None:
         dead = [c for c in calls if c.closed_by_server]
         if dead and not failure:
             failure = f"the server closed {len(dead)} streams during start-up"
+    listeners: list[Listener] = []
+    if args.listeners and not failure:
+        listening = calls[: args.listeners]
+        failure = await listen_to(listening, dashboards, listeners, http, ws_base, args)
     print(
         f"FAILED {failure}" if failure else f"STARTED {now()!r} {now() - started_at:.2f}",
         flush=True,
@@ -412,6 +468,8 @@ async def main(args: argparse.Namespace) -> None:
 
     line = await read_line()
     await asyncio.gather(*(c.stop() for c in calls), return_exceptions=True)
+    for listener in listeners:
+        await listener.stop()
     for dashboard in dashboards:
         await dashboard.stop()
     await http.close()
@@ -426,12 +484,43 @@ async def main(args: argparse.Namespace) -> None:
                 "dashboards": [
                     {"messages": d.messages, "kinds": d.kinds, "error": d.error} for d in dashboards
                 ],
+                "listeners": [
+                    {"batches": x.batches, "bytes": x.bytes, "error": x.error} for x in listeners
+                ],
                 "rest_requests": len(rest.requests),
                 "rest_hangups": hangups,
                 "failure": failure,
             },
         )
     print("DONE", flush=True)
+
+
+async def listen_to(
+    calls: list[BenchCall],
+    dashboards: list[Dashboard],
+    listeners: list[Listener],
+    http: aiohttp.ClientSession,
+    ws_base: str,
+    args: argparse.Namespace,
+) -> str:
+    """One listener socket on each of `calls`, their ids read from the live feed."""
+    if not dashboards:
+        return "listeners need a dashboard (the live feed names the calls)"
+    feed = dashboards[0]
+    for _ in range(100):  # 10 s for the feed to name every call
+        if all(c.call_sid in feed.call_ids for c in calls):
+            break
+        await asyncio.sleep(0.1)
+    else:
+        return "the live feed did not name every call to listen to"
+    for call in calls:
+        listener = Listener()
+        url = f"{ws_base}/ws/calls/{feed.call_ids[call.call_sid]}/listen"
+        await listener.start(http, url, args.cookie, args.public_url)
+        listeners.append(listener)
+    await asyncio.sleep(1.0)  # the first batches are under way before the window starts
+    broken = [x.error for x in listeners if x.error]
+    return f"{len(broken)} listeners failed: {broken[0]}" if broken else ""
 
 
 def dump(path: str, data: dict[str, Any]) -> None:
@@ -448,6 +537,7 @@ if __name__ == "__main__":
     parser.add_argument("--to-number", required=True)
     parser.add_argument("--cookie", default="")
     parser.add_argument("--dashboards", type=int, default=1)
+    parser.add_argument("--listeners", type=int, default=0, help="calls with a staff listener")
     parser.add_argument("--ramp-concurrency", type=int, default=5)
     parser.add_argument("--start-timeout", type=float, default=60.0)
     parser.add_argument("--seed", type=int, default=2)

@@ -47,6 +47,12 @@ from .models import (
 LIVE_SOCKET_PATH = "/ws/calls/live"
 # Stands for a call's id in the URL templates handed to the live page's script.
 PLACEHOLDER_ID = uuid.UUID(int=0)
+# A staff member's ear on one call (calls.consumers.listen); the page puts the call's id in.
+LISTEN_SOCKET = {
+    "socket_path": f"/ws/calls/{PLACEHOLDER_ID}/listen",
+    "placeholder": str(PLACEHOLDER_ID),
+    "sides": (("caller", "Caller"), ("agent", "Agent")),
+}
 
 ACTION_PERMISSIONS = {
     "hangup": "calls.hangup_call",
@@ -68,6 +74,7 @@ PLACE_PERMISSION = "calls.place_call"
 # Not on the live page: it is for a call that looks live there but that Twilio has not got.
 MARK_ENDED_PERMISSION = "calls.mark_call_ended"
 LISTEN_PERMISSION = "calls.listen_recording"
+LISTEN_PERMISSIONS = {"listen": "calls.listen_call", "take_over": "calls.take_over_call"}
 
 
 def may(user: Any, permission: str) -> bool:
@@ -80,6 +87,13 @@ def may(user: Any, permission: str) -> bool:
 
 def allowed_actions(user: Any) -> dict[str, bool]:
     return {action: may(user, permission) for action, permission in ACTION_PERMISSIONS.items()}
+
+
+def allowed_listening(user: Any) -> dict[str, bool]:
+    """Listening in, and taking over (which needs listening: one hears whom one talks to)."""
+    can = {action: may(user, permission) for action, permission in LISTEN_PERMISSIONS.items()}
+    can["take_over"] = can["take_over"] and can["listen"]
+    return can
 
 
 # --- the live dashboard ---------------------------------------------------------------------
@@ -106,7 +120,8 @@ def live(request: HttpRequest, model_admin: ModelAdmin) -> HttpResponse:
         "opts": Call._meta,
         "title": "Live calls",
         "config": config,
-        "can": config["can"],
+        "can": {**config["can"], **allowed_listening(request.user)},
+        "listen": LISTEN_SOCKET,
         # Each card's action forms, cloned by the page's script, which fills in the targets.
         "say_form": SayForm(auto_id=False),
         "transfer_form": TransferForm(auto_id=False),
@@ -292,6 +307,7 @@ def detail(request: HttpRequest, object_id: str, model_admin: ModelAdmin) -> Htt
     can = allowed_actions(request.user) if call.is_live else {}
     if call.is_live:
         can["mark_ended"] = may(request.user, MARK_ENDED_PERMISSION)
+        can.update(allowed_listening(request.user))
     events = call.events.select_related("user")
     streams = list(call.streams.order_by("started_at"))
     targets = list(TransferTarget.objects.filter(agent_id=call.agent_id))
@@ -333,6 +349,7 @@ def detail(request: HttpRequest, object_id: str, model_admin: ModelAdmin) -> Htt
         "streams_running": any(stream.status == StreamStatus.STARTED for stream in streams),
         "can": can,
         "has_actions": any(can.values()),
+        "listen": LISTEN_SOCKET,
         "say_form": SayForm(auto_id=False),
         # No targets, no transfer: the form is left out.
         "transfer_form": TransferForm(targets=targets, auto_id=False) if targets else None,

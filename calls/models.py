@@ -151,6 +151,8 @@ class Call(models.Model):
             ("say_on_call", "Can make the agent say a sentence on a live call"),
             ("mark_call_ended", "Can mark ended a call Twilio no longer has"),
             ("listen_recording", "Can play a call's recording"),
+            ("listen_call", "Can listen to a live call"),
+            ("take_over_call", "Can take over a live call and talk to the caller"),
         ]
 
     def __str__(self) -> str:
@@ -168,6 +170,11 @@ class Call(models.Model):
 def call_group_name(call_id: uuid.UUID | str) -> str:
     """Channel-layer group of the consumer that holds this call's stream."""
     return f"call.{call_id}"
+
+
+def listen_group_name(call_id: uuid.UUID | str) -> str:
+    """Channel-layer group of the staff listening to this call."""
+    return f"listen.{call_id}"
 
 
 LIVE_CALLS_GROUP = "calls.live"

@@ -40,10 +40,21 @@ OUTPUT_DIR = Path(settings.BASE_DIR) / "test-output"
 LIVE_PATH = "/admin/calls/call/live/"
 
 
-async def launch_chromium(playwright: Playwright) -> Browser:
+async def launch_chromium(playwright: Playwright, *extra_args: str) -> Browser:
     """Debian's Chromium; skips the test locally if it is missing, fails it under CI."""
     chromium = require_binary("chromium", why="the staff console's browser tests drive it")
-    return await playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+    return await playwright.chromium.launch(
+        executable_path=chromium, args=[*CHROMIUM_ARGS, *extra_args]
+    )
+
+
+def fake_microphone_args(wav: Path) -> list[str]:
+    """Chromium's fake capture device, playing `wav` in a loop, with no permission prompt."""
+    return [
+        "--use-fake-device-for-media-stream",
+        "--use-fake-ui-for-media-stream",
+        f"--use-file-for-fake-audio-capture={wav}",
+    ]
 
 
 class PageErrors(list):

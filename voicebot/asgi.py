@@ -19,7 +19,7 @@ from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 from django.urls import path  # noqa: E402
 
-from calls.consumers import LiveCallsConsumer, MediaStreamConsumer  # noqa: E402
+from calls.consumers import ListenConsumer, LiveCallsConsumer, MediaStreamConsumer  # noqa: E402
 from calls.process import with_process_tasks  # noqa: E402
 from voicebot import shutdown  # noqa: E402
 from voicebot.limits import BodySizeLimit, limit_daphne_request_bodies  # noqa: E402
@@ -48,6 +48,11 @@ websocket_routes = URLRouter(
         path(
             "ws/calls/live",
             AllowedHostsOriginValidator(AuthMiddlewareStack(LiveCallsConsumer.as_asgi())),
+        ),
+        # Staff only, like the live feed: origin checked, session authenticated.
+        path(
+            "ws/calls/<uuid:call_id>/listen",
+            AllowedHostsOriginValidator(AuthMiddlewareStack(ListenConsumer.as_asgi())),
         ),
     ]
 )

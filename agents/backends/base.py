@@ -226,6 +226,14 @@ class Backend(ABC):
             self.add_context(message)
 
     @abstractmethod
+    def set_auto_respond(self, respond: bool) -> None:
+        """Whether the model answers by itself when the caller stops speaking.
+
+        Off while a member of staff holds the call: the model keeps hearing the caller (so
+        the transcript goes on) but speaks only when asked.
+        """
+
+    @abstractmethod
     def events(self) -> AsyncIterator[BackendEvent]:
         """Normalized events until the connection ends (after our close(): just stops)."""
 

@@ -127,6 +127,8 @@ class LocalBackend(Backend):
         self._caller_item = ""
         self._pending_key = ""
         self._closing = False
+        # Like server VAD's create_response: off while a member of staff holds the call.
+        self.auto_respond = True
 
     # -- connection -----------------------------------------------------------------------
 
@@ -178,7 +180,8 @@ class LocalBackend(Backend):
             spoken_s = self.vad.speech_frames * FRAME_MS / 1000
             self._emit(CallerTranscript(self._caller_item, f"[speech, {spoken_s:.1f} s]"))
             # Like the model's server VAD: the end of the caller's turn starts a response.
-            self.create_response()
+            if self.auto_respond:
+                self.create_response()
 
     def create_response(self) -> None:
         key, self._pending_key = self._pending_key, ""
@@ -186,6 +189,9 @@ class LocalBackend(Backend):
 
     def say(self, text: str) -> None:
         self._queue(_Utterance(text))
+
+    def set_auto_respond(self, respond: bool) -> None:
+        self.auto_respond = respond
 
     def truncate(self, item_id: str, audio_end_ms: int) -> None:
         self.truncated[item_id] = audio_end_ms

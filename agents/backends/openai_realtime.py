@@ -87,6 +87,16 @@ _CANCEL_EVENT_PREFIX = "vb_cancel_"
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
+def turn_detection(*, create_response: bool | None = None) -> dict[str, Any]:
+    """Server VAD as the project uses it; `turn_detection` is replaced whole by an update,
+    so every change sends all of it (docs/openai-realtime.md#turn-detection). Without
+    `create_response` the service's default (true) holds."""
+    detection: dict[str, Any] = {"type": "server_vad", "interrupt_response": True}
+    if create_response is not None:
+        detection["create_response"] = create_response
+    return detection
+
+
 def session_config(config: AgentConfig) -> dict[str, Any]:
     """The `session` of session.update, in the GA shape (docs/openai-realtime.md#sessionupdate)."""
     return {
@@ -98,7 +108,7 @@ def session_config(config: AgentConfig) -> dict[str, Any]:
             "input": {
                 "format": {"type": "audio/pcmu"},
                 "transcription": {"model": TRANSCRIPTION_MODEL},
-                "turn_detection": {"type": "server_vad", "interrupt_response": True},
+                "turn_detection": turn_detection(),
             },
             "output": {"format": {"type": "audio/pcmu"}, "voice": config.voice},
         },
@@ -239,6 +249,15 @@ class OpenAIRealtimeBackend(Backend):
         self._send_event(
             "conversation.item.create",
             item={"type": "function_call_output", "call_id": call_id, "output": output},
+        )
+
+    def set_auto_respond(self, respond: bool) -> None:
+        self._send_event(
+            "session.update",
+            session={
+                "type": "realtime",
+                "audio": {"input": {"turn_detection": turn_detection(create_response=respond)}},
+            },
         )
 
     def add_context(self, text: str) -> None:

@@ -11,12 +11,14 @@ from django.conf import settings
 
 from callmedia import protocol
 from callmedia.audio import FRAME_BYTES
+from callmedia.listen import ListenTap
 from callmedia.outbox import Outbox
 from callmedia.playback import PlaybackTracker
 from callmedia.tasks import TaskSet
 from callmedia.throttle import LogThrottle
 from calls import drain, process, security, services
 from calls.consumers.base import Pending, StreamingConsumer
+from calls.consumers.listening import ListenHub
 from calls.models import call_group_name
 from calls.session import AgentSession
 
@@ -81,6 +83,9 @@ class MediaStreamConsumer(StreamingConsumer):
         self._socket_closed = False
         self._start_deadline: asyncio.Task[None] | None = None
         self._handover: asyncio.Task[None] | None = None
+        # Staff listening in: a tap exists only while someone listens (calls.consumers.listening).
+        self.tap: ListenTap | None = None
+        self._hub = ListenHub(self)
 
     @property
     def label(self) -> str:
@@ -151,6 +156,7 @@ class MediaStreamConsumer(StreamingConsumer):
         finally:
             if self.stream_sid:
                 process.stream_released(self.stream_sid)
+            await self._hub.end()
             await self.leave_groups()
             await self._outbox.stop()
             await self._tasks.close()
@@ -204,6 +210,8 @@ class MediaStreamConsumer(StreamingConsumer):
             counters["frames_in"] += 1
             counters["bytes_in"] += FRAME_BYTES
             self.now_ms = event.timestamp_ms
+            if self.tap is not None:
+                self.tap.caller(event.payload, event.timestamp_ms)
             if self.session is not None:
                 self.session.caller_audio(event.payload)
             return None
@@ -370,6 +378,8 @@ class MediaStreamConsumer(StreamingConsumer):
         counters["frames_out"] += 1
         counters["bytes_out"] += nbytes
         self._outbox.post(protocol.media_message(self.stream_sid, payload_b64))
+        if self.tap is not None:
+            self.tap.agent_b64(payload_b64, self.now_ms)
 
     def end_segment(self) -> None:
         if self.stream_sid is None:
@@ -389,6 +399,8 @@ class MediaStreamConsumer(StreamingConsumer):
         self._outbox.clear()
         self._outbox.post(protocol.clear_message(self.stream_sid))
         self.counters["clears"] += 1
+        if self.tap is not None:
+            self.tap.clear(self.now_ms)
         heard = self._tracker.cleared(self.now_ms)
         self._resolve_waiters(False)
         return heard
@@ -509,3 +521,72 @@ class MediaStreamConsumer(StreamingConsumer):
 
     async def call_transfer_failed(self, message: dict) -> None:
         self.transferring = False
+
+    # --- staff listening in and taking over (calls.consumers.listen, any process) ---------
+
+    async def listen_join(self, message: dict) -> None:
+        if self.stream_sid is not None and not self._ended:
+            self._hub.join(message["channel"])
+            await self._hub.state()
+
+    async def listen_keepalive(self, message: dict) -> None:
+        if self.stream_sid is not None and not self._ended:
+            self._hub.join(message["channel"])
+
+    async def listen_leave(self, message: dict) -> None:
+        self._hub.leave(message["channel"])
+        if message["channel"] == self._hub.holder:
+            await self._hand_back(reason="left")
+
+    async def call_take_over(self, message: dict) -> None:
+        hub = self._hub
+        if self.session is None:
+            await self._reply(message, error="The call has no agent session to take over.")
+            return
+        if hub.holder and hub.holder != message["holder"]:
+            await self._reply(message, error=f"{hub.holder_name} is already talking to the caller.")
+            return
+        if not hub.holder:
+            hub.holder, hub.holder_name = message["holder"], message.get("user", "staff")
+            self.session.take_over(hub.holder_name)
+        await self._reply(message)
+        await hub.state()
+
+    async def call_hand_back(self, message: dict) -> None:
+        if self._hub.holder and self._hub.holder != message["holder"]:
+            await self._reply(message, error=f"{self._hub.holder_name} holds the call, not you.")
+            return
+        await self._hand_back(reason="handed back")
+        await self._reply(message)
+
+    async def call_staff_audio(self, message: dict) -> None:
+        """The holder's microphone, already checked by their socket: to the caller as frames."""
+        if message.get("holder") != self._hub.holder or not self._hub.holder:
+            return
+        if self.stream_sid is None or self._ended:
+            return
+        audio = message["audio"]
+        for start in range(0, len(audio) - len(audio) % FRAME_BYTES, FRAME_BYTES):
+            frame = audio[start : start + FRAME_BYTES]
+            self.counters["frames_out"] += 1
+            self.counters["bytes_out"] += FRAME_BYTES
+            self._outbox.post(
+                protocol.media_message(self.stream_sid, base64.b64encode(frame).decode("ascii"))
+            )
+            if self.tap is not None:
+                self.tap.agent(frame, self.now_ms)
+
+    def holder_lost(self, channel: str) -> None:
+        """The holder's keepalives stopped: give the call back to the agent."""
+        if channel == self._hub.holder:
+            self._tasks.spawn(self._hand_back(reason="lost"), "stream-hand-back")
+
+    async def _hand_back(self, *, reason: str) -> None:
+        hub = self._hub
+        if not hub.holder:
+            return
+        name = hub.holder_name
+        hub.holder = hub.holder_name = ""
+        if self.session is not None:
+            self.session.hand_back(name, reason=reason)
+        await hub.state()

@@ -44,6 +44,14 @@ from .control import (
     call_transfer,
 )
 from .handover import stream_handover_record, stream_resume_token
+from .listening import (
+    call_hand_back,
+    call_take_over,
+    listen_announce,
+    listen_begin,
+    listen_end,
+    staff_audio_send,
+)
 from .liveness import (
     process_heartbeat,
     process_stopped,
@@ -132,6 +140,7 @@ __all__ = [
     "call_end_reason_by_status",
     "call_end_record",
     "call_event_record",
+    "call_hand_back",
     "call_hangup",
     "call_mark_ended",
     "call_place_outbound",
@@ -146,11 +155,15 @@ __all__ = [
     "call_speaking_broadcast",
     "call_status_update",
     "call_summary",
+    "call_take_over",
     "call_transfer",
     "calls_reconcile",
     "connect_ended_record",
     "dial_outcome_record",
     "e164",
+    "listen_announce",
+    "listen_begin",
+    "listen_end",
     "live_broadcast",
     "process_heartbeat",
     "process_stopped",
@@ -158,6 +171,7 @@ __all__ = [
     "reconcile_candidates",
     "reconcile_lease_claim",
     "reconcile_lease_release",
+    "staff_audio_send",
     "stream_bad_message_record",
     "stream_close",
     "stream_handover_record",

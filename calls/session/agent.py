@@ -18,6 +18,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -53,6 +54,7 @@ from calls.session.config import call_plan_load
 from calls.session.endings import Endings
 from calls.session.port import StreamPort
 from calls.session.recorder import Recorder
+from calls.session.staff import StaffHold, hand_back_context, handed_back_line, took_over_line
 from calls.session.state import ModelItem, Phase
 
 logger = logging.getLogger(__name__)
@@ -144,6 +146,8 @@ class AgentSession:
         self._reconnecting = False
         self._renewing = False
 
+        self.held: StaffHold | None = None  # a member of staff is talking to the caller
+
     # -- called by the consumer ----------------------------------------------------------
 
     async def start(self) -> None:
@@ -224,6 +228,33 @@ class AgentSession:
         if not self.cut_off("agent_cut_off", Actor.STAFF):
             self.port.clear()  # nothing audible by our estimate; clear Twilio's buffer anyway
 
+    def take_over(self, user: str) -> None:
+        """A member of staff talks to the caller: the agent stops at once and stays quiet."""
+        if self.held is not None:
+            return
+        self.held = StaffHold(user)
+        if not self.cut_off("agent_cut_off", Actor.STAFF):
+            self.port.clear()
+        if self._active_response is not None and self.backend is not None:
+            self._dropped_responses.add(self._active_response)
+            self.backend.cancel_response(self._active_response)
+        self._pending_says.clear()
+        self._respond_when_done = False
+        if self.backend is not None:
+            self.backend.set_auto_respond(False)
+        self.recorder.staff_line(text=took_over_line(user), offset_ms=self.port.now_ms)
+
+    def hand_back(self, user: str, *, reason: str = "handed back") -> None:
+        """The call is the agent's again; it answers when the caller next speaks."""
+        hold, self.held = self.held, None
+        if hold is None:
+            return
+        if self.backend is not None:
+            self.backend.add_context(hand_back_context(hold, datetime.now(UTC)))
+            self.backend.set_auto_respond(True)
+        self._touch()
+        self.recorder.staff_line(text=handed_back_line(user, reason), offset_ms=self.port.now_ms)
+
     async def stop(self, reason: str = "") -> None:
         if self.phase is Phase.STOPPED:
             return
@@ -261,6 +292,8 @@ class AgentSession:
         self._model_since = asyncio.get_running_loop().time()
         logger.info("Call %s: connected to %s", self.call_sid, self.config.backend)
         self.backend = backend
+        if self.held is not None:
+            backend.set_auto_respond(False)
         if self.resume_note:
             # Back from a transfer nobody took: the model has the call so far and is told
             # why, and speaks first (the caller is waiting to hear what happened).
@@ -321,7 +354,9 @@ class AgentSession:
     def _restore(self, backend: Backend) -> None:
         """Give a new model session the conversation so far; answer if the caller spoke last."""
         backend.restore(self.history)
-        if caller_spoke_last(self.history):
+        if self.held is not None:
+            backend.set_auto_respond(False)  # staff hold the call: the new session listens
+        elif caller_spoke_last(self.history):
             self._awaiting_response = True
             backend.create_response()
 
@@ -511,6 +546,10 @@ class AgentSession:
         if self._say_asked is not None:
             self._staff_says[event.response_id] = self._say_asked
             self._say_asked = None
+        if self.held is not None and self.backend is not None:
+            # Staff hold the call: whatever started it, the caller must not hear it.
+            self._dropped_responses.add(event.response_id)
+            self.backend.cancel_response(event.response_id)
 
     def _on_response_done(self, event: ResponseDone) -> None:
         if self._active_response == event.response_id:
@@ -553,6 +592,8 @@ class AgentSession:
         offset_ms = self._caller_offsets.pop(event.item_id, self.port.now_ms)
         text = event.text.strip()
         if text:
+            if self.held is not None:
+                self.held.caller_lines.append(text)
             self.recorder.caller_line(item_id=event.item_id, text=text, offset_ms=offset_ms)
             self.history.append(
                 Turn(CALLER, text, self.recorder.call_offset_ms(offset_ms), item_id=event.item_id)
@@ -661,6 +702,8 @@ class AgentSession:
         """Have the model speak next, unless the caller is talking (VAD then answers)."""
         if self.backend is None or self.phase is not Phase.ACTIVE or self._caller_speaking:
             return
+        if self.held is not None:
+            return  # staff are talking; the model waits for the hand-back
         if self._active_response is not None or self._awaiting_response:
             self._respond_when_done = True
             return
@@ -719,6 +762,7 @@ class AgentSession:
         return (
             self._caller_speaking
             or self._reconnecting
+            or self.held is not None
             or self._active_response is not None
             or bool(self._actions)
             or self.port.is_audible()

@@ -146,6 +146,16 @@ class Recorder:
             heard_ms=heard_ms,
         )
 
+    def staff_line(self, *, text: str, offset_ms: int) -> None:
+        """A staff member took the call over or handed it back."""
+        self._write(
+            services.transcript_add,
+            call_id=self.call_id,
+            speaker=Speaker.STAFF,
+            text=text,
+            offset_ms=offset_ms,
+        )
+
     def agent_line_cut(self, *, item_id: str, heard_ms: int) -> None:
         """An agent line already written was cut off after `heard_ms`."""
         self._write(

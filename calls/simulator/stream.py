@@ -269,6 +269,11 @@ class TwilioStreamClient:
 
     # -- caller actions ----------------------------------------------------------------------
 
+    def caller_frame_sent_at(self, timestamp_ms: int) -> float:
+        """Loop time at which the caller frame stamped `timestamp_ms` leaves (paced, no drift)."""
+        assert self._start_time is not None, "the stream has not started"
+        return self._start_time + (timestamp_ms // FRAME_MS + 1) * FRAME_MS / 1000
+
     def queue_caller_audio(self, ulaw: bytes) -> None:
         """Caller speech (mu-law): sent in the coming frames, after any queued before it."""
         self._caller_audio += ulaw

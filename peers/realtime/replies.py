@@ -43,10 +43,15 @@ def _tone_frame() -> bytes:
 TONE_FRAME = _tone_frame()
 
 
-def tone(duration_ms: int) -> bytes:
-    """Non-silent mu-law audio (a 400 Hz tone) of the given duration."""
+def tone(duration_ms: int, hz: int = TONE_HZ) -> bytes:
+    """Non-silent mu-law audio (a 400 Hz tone unless `hz` says) of the given duration."""
     total = duration_ms * MULAW_BYTES_PER_MS
-    return (TONE_FRAME * (total // FRAME_BYTES + 1))[:total]
+    if hz == TONE_HZ:
+        return (TONE_FRAME * (total // FRAME_BYTES + 1))[:total]
+    return bytes(
+        mulaw_encode_sample(int(8000 * math.sin(2 * math.pi * hz * n / MULAW_RATE_HZ)))
+        for n in range(total)
+    )
 
 
 @dataclass(frozen=True, eq=False)

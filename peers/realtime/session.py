@@ -361,6 +361,23 @@ class FakeSession:
         )
         return item_id
 
+    @property
+    def creates_responses(self) -> bool:
+        """Whether server VAD answers a caller's turn by itself (turn_detection.create_response)."""
+        detection = self.config.get("audio", {}).get("input", {}).get("turn_detection") or {}
+        return bool(detection.get("create_response", True))
+
+    async def caller_turn(self, transcript: str = "") -> FakeResponse | None:
+        """A whole caller turn as server VAD handles it: speech started and stopped, the
+        transcript, and a response from the queue unless `create_response` is off."""
+        await self.speech_started()
+        await self.speech_stopped()
+        if transcript:
+            await self.caller_transcript(transcript)
+        if not self.creates_responses or self.active_response is not None:
+            return None
+        return self._start_response(self._next_reply(), origin="server")
+
     async def caller_transcript(self, text: str, *, item_id: str | None = None) -> None:
         await self._emit(
             "conversation.item.input_audio_transcription.completed",
