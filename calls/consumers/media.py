@@ -226,6 +226,8 @@ class MediaStreamConsumer(StreamingConsumer):
         elif type(event) is protocol.Dtmf:
             self.counters["dtmf_digits"] += 1
             if self.session is not None:
+                # The audio before the key reaches the model before the key does.
+                self.session.flush_caller_audio()
                 self._tasks.spawn(self.session.dtmf(event.digit), "stream-dtmf")
         elif type(event) is protocol.Stop:
             return self.end_stream("transferred" if self.transferring else "stop")
