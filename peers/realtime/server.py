@@ -29,12 +29,15 @@ class FakeRealtimeServer:
         interrupt_response: bool = True,
         auto_reply_every_ms: int | None = None,
         session_class: type[FakeSession] = FakeSession,
+        vad: bool = False,
     ) -> None:
         self.script: list[Reply] = list(script or [])
         self.default_reply: Reply = default_reply or Reply()
         self.interrupt_response = interrupt_response
         self.auto_reply_every_ms = auto_reply_every_ms
         self.session_class = session_class
+        # Hear the caller: speech_started/stopped from the appended audio (peers.realtime.vad).
+        self.vad = vad
         self.sessions: list[FakeSession] = []
         self.handshakes: list[dict[str, Any]] = []  # every attempt, accepted or not
         # While set, new connections are refused with this HTTP status (an outage).
