@@ -2,6 +2,7 @@
 
 import asyncio
 import base64
+import binascii
 import logging
 from collections.abc import Awaitable
 from typing import Any
@@ -47,6 +48,35 @@ _close_stream = database_sync_to_async(services.stream_close)
 _record_bad_message = database_sync_to_async(services.stream_bad_message_record)
 
 
+class MediaRun:
+    """Base64 audio payloads to be sent as one: joined as bytes, since a payload whose length
+    is not a multiple of 3 bytes ends in padding and cannot be concatenated as text."""
+
+    __slots__ = ("_payloads",)
+
+    def __init__(self) -> None:
+        self._payloads: list[str] = []
+
+    def __bool__(self) -> bool:
+        return bool(self._payloads)
+
+    def add(self, payload_b64: str) -> None:
+        self._payloads.append(payload_b64)
+
+    def clear(self) -> None:
+        self._payloads.clear()
+
+    def take(self) -> str:
+        payloads = self._payloads
+        if len(payloads) == 1:
+            payload = payloads[0]  # nearly always: passed through as it came
+        else:
+            audio = b"".join([binascii.a2b_base64(p) for p in payloads])
+            payload = binascii.b2a_base64(audio, newline=False).decode("ascii")
+        payloads.clear()
+        return payload
+
+
 class MediaStreamConsumer(StreamingConsumer):
     """One Twilio media stream: it reads Twilio's messages and is the session's "port".
 
@@ -74,6 +104,9 @@ class MediaStreamConsumer(StreamingConsumer):
         self.transferring = False
         self._tracker = PlaybackTracker()
         self._outbox: Outbox[str] = Outbox(self._send_text, name="stream-writer")
+        # Model audio that arrived together, between `hold` and `flush`: one media message.
+        self._media_run = MediaRun()
+        self._holding = False
         # Audio produced before Twilio's `start` named the stream; sent once it does.
         self._before_start: list[tuple[str, str, int] | None] = []
         self._waiters: list[asyncio.Future[bool]] = []
@@ -379,7 +412,10 @@ class MediaStreamConsumer(StreamingConsumer):
         counters = self.counters
         counters["frames_out"] += 1
         counters["bytes_out"] += nbytes
-        self._outbox.post(protocol.media_message(self.stream_sid, payload_b64))
+        if self._holding:
+            self._media_run.add(payload_b64)
+        else:
+            self._outbox.post(protocol.media_message(self.stream_sid, payload_b64))
         if self.tap is not None:
             self.tap.agent_b64(payload_b64, self.now_ms)
 
@@ -389,6 +425,7 @@ class MediaStreamConsumer(StreamingConsumer):
             return
         name = self._tracker.close_segment()
         if name is not None:
+            self._post_media_run()  # the mark follows the audio it closes
             self.counters["marks_sent"] += 1
             self._outbox.post(protocol.mark_message(self.stream_sid, name))
 
@@ -398,6 +435,7 @@ class MediaStreamConsumer(StreamingConsumer):
         if self.stream_sid is None:
             return {}
         # Audio still in our outbox never reached Twilio: drop it too.
+        self._media_run.clear()
         self._outbox.clear()
         self._outbox.post(protocol.clear_message(self.stream_sid))
         self.counters["clears"] += 1
@@ -439,12 +477,20 @@ class MediaStreamConsumer(StreamingConsumer):
         self.end_segment()
 
     def hold(self) -> None:
-        """Keep what is posted from now in the outbox until `flush`: no writer wake-up."""
+        """Keep what is posted from now in the outbox until `flush`: no writer wake-up, and
+        the audio sent meanwhile leaves as one media message."""
+        self._holding = True
         self._outbox.hold()
 
     def flush(self) -> Awaitable[None]:
-        """Write the outbox in the caller's task (the session's, after each model event)."""
+        """Write the outbox in the caller's task (the session's, after model events)."""
+        self._holding = False
+        self._post_media_run()
         return self._outbox.flush()  # the Outbox's own coroutine: none more per model event
+
+    def _post_media_run(self) -> None:
+        if self._media_run and self.stream_sid is not None:
+            self._outbox.post(protocol.media_message(self.stream_sid, self._media_run.take()))
 
     def _flush_before_start(self) -> None:
         pending, self._before_start = self._before_start, []

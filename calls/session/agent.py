@@ -343,12 +343,15 @@ class AgentSession:
         port = self.port
         async for event in backend.events():
             # What this event sends to Twilio is written here, not by waking the port's
-            # writer task: one task switch fewer per audio frame.
+            # writer task: one task switch fewer per audio frame. Events that arrived
+            # together are handled before it is written: their audio leaves as one message.
             port.hold()
             try:
                 self._handle(event)
             except Exception:
                 logger.exception("Call %s: error handling %r", self.call_sid, event)
+            if backend.events_waiting():
+                continue
             await port.flush()
             if self.phase is Phase.FAILING:
                 return None
