@@ -12,6 +12,7 @@ Twilio's 160-byte frames are not a multiple of 3 bytes, so their base64 strings 
 concatenated (each ends in padding): the frames are decoded into one buffer and the chunk
 encoded once. That costs about a microsecond per frame, far less than the message it saves.
 With `chunk_ms` of one frame or less, payloads pass through as they came, undecoded.
+`b64_join` does the same for the model's audio deltas that leave for Twilio as one message.
 """
 
 from __future__ import annotations
@@ -24,6 +25,12 @@ from .audio import BYTES_PER_MS, FRAME_MS
 
 _a2b = binascii.a2b_base64
 _b2a = binascii.b2a_base64
+
+
+def b64_join(payloads: list[str]) -> str:
+    """Base64 payloads as one: joined as bytes, since a payload whose audio is not a multiple
+    of 3 bytes ends in padding, and base64 strings cannot then be joined as text."""
+    return _b2a(b"".join([_a2b(p) for p in payloads]), newline=False).decode("ascii")
 
 
 def chunk_ms_valid(chunk_ms: int) -> int:

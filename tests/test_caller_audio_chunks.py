@@ -10,7 +10,7 @@ from channels.layers import get_channel_layer
 
 from agents.models import Agent, TransferTarget
 from callmedia import audio
-from callmedia.chunker import CallerAudioChunker, chunk_ms_valid
+from callmedia.chunker import CallerAudioChunker, b64_join, chunk_ms_valid
 from calls.models import Call, call_group_name
 from calls.simulator.rest import TwilioRestEmulator
 from peers.realtime import FakeRealtimeServer, Reply
@@ -111,6 +111,12 @@ async def test_flush_sends_at_once_and_a_frame_chunk_passes_payloads_through():
     payload = frame(9)
     passthrough.add(payload)
     assert direct.chunks[0] is payload  # not decoded and encoded again
+
+
+def test_payloads_of_any_length_join_exactly():
+    pieces = [bytes([n]) * size for n, size in enumerate((160, 7, 1, 480, 2))]
+    joined = b64_join([base64.b64encode(piece).decode("ascii") for piece in pieces])
+    assert base64.b64decode(joined, validate=True) == b"".join(pieces)
 
 
 def test_chunk_sizes_are_whole_frames():

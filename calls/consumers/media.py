@@ -2,7 +2,6 @@
 
 import asyncio
 import base64
-import binascii
 import logging
 from collections.abc import Awaitable
 from typing import Any
@@ -12,6 +11,7 @@ from django.conf import settings
 
 from callmedia import protocol
 from callmedia.audio import FRAME_BYTES
+from callmedia.chunker import b64_join
 from callmedia.listen import ListenTap
 from callmedia.outbox import Outbox
 from callmedia.playback import PlaybackTracker
@@ -48,35 +48,6 @@ _close_stream = database_sync_to_async(services.stream_close)
 _record_bad_message = database_sync_to_async(services.stream_bad_message_record)
 
 
-class MediaRun:
-    """Base64 audio payloads to be sent as one: joined as bytes, since a payload whose length
-    is not a multiple of 3 bytes ends in padding and cannot be concatenated as text."""
-
-    __slots__ = ("_payloads",)
-
-    def __init__(self) -> None:
-        self._payloads: list[str] = []
-
-    def __bool__(self) -> bool:
-        return bool(self._payloads)
-
-    def add(self, payload_b64: str) -> None:
-        self._payloads.append(payload_b64)
-
-    def clear(self) -> None:
-        self._payloads.clear()
-
-    def take(self) -> str:
-        payloads = self._payloads
-        if len(payloads) == 1:
-            payload = payloads[0]  # nearly always: passed through as it came
-        else:
-            audio = b"".join([binascii.a2b_base64(p) for p in payloads])
-            payload = binascii.b2a_base64(audio, newline=False).decode("ascii")
-        payloads.clear()
-        return payload
-
-
 class MediaStreamConsumer(StreamingConsumer):
     """One Twilio media stream: it reads Twilio's messages and is the session's "port".
 
@@ -105,7 +76,7 @@ class MediaStreamConsumer(StreamingConsumer):
         self._tracker = PlaybackTracker()
         self._outbox: Outbox[str] = Outbox(self._send_text, name="stream-writer")
         # Model audio that arrived together, between `hold` and `flush`: one media message.
-        self._media_run = MediaRun()
+        self._media_run: list[str] = []
         self._holding = False
         # Audio produced before Twilio's `start` named the stream; sent once it does.
         self._before_start: list[tuple[str, str, int] | None] = []
@@ -413,7 +384,7 @@ class MediaStreamConsumer(StreamingConsumer):
         counters["frames_out"] += 1
         counters["bytes_out"] += nbytes
         if self._holding:
-            self._media_run.add(payload_b64)
+            self._media_run.append(payload_b64)
         else:
             self._outbox.post(protocol.media_message(self.stream_sid, payload_b64))
         if self.tap is not None:
@@ -489,8 +460,12 @@ class MediaStreamConsumer(StreamingConsumer):
         return self._outbox.flush()  # the Outbox's own coroutine: none more per model event
 
     def _post_media_run(self) -> None:
-        if self._media_run and self.stream_sid is not None:
-            self._outbox.post(protocol.media_message(self.stream_sid, self._media_run.take()))
+        run = self._media_run
+        if run and self.stream_sid is not None:
+            # Nearly always one payload, passed through as it came.
+            payload = run[0] if len(run) == 1 else b64_join(run)
+            run.clear()
+            self._outbox.post(protocol.media_message(self.stream_sid, payload))
 
     def _flush_before_start(self) -> None:
         pending, self._before_start = self._before_start, []
