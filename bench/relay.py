@@ -9,9 +9,15 @@ daphne and under uvicorn. The load runs on the other core, in two processes:
 - bench.model_side: the fake Realtime server (peers/realtime/), streaming replies at
   50 deltas/s with transcripts, and a caller barge-in every ~turn-ms.
 
+Each configuration runs twice, run by run in turn: the project, then the lean Channels relay
+(bench.channels_relay, `--app channels-lean`: every frame forwarded, no features) on the same
+load; the report sets them side by side, and the CPU target is a ratio of the two
+(`--no-compare` runs the project alone; `--reference` adds the reference relay).
+
 Every audio frame carries a unique key in its first bytes, so each direction is timed frame
 by frame, in the steady-state window only (after every call is up, plus a warm-up):
-- inbound:  Twilio client sends a media frame -> fake model receives that append;
+- inbound:  Twilio client sends a media frame -> fake model receives the append carrying
+  it (with CALLER_AUDIO_CHUNK_MS above 20, several frames share one append: `--chunk-ms`);
 - outbound: fake model sends a delta -> Twilio client receives that media frame;
 - barge-in: fake model sends speech_started -> Twilio client receives clear (end to end),
   and the server's own figure (speech_started parsed -> clear queued) from its barge_in events;
