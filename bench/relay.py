@@ -512,9 +512,12 @@ def analyse(
 
     # Inbound: Twilio client sent frame k of call c -> the model received its append.
     received_in = dict(zip(model["in_keys"], model["in_times"], strict=True))
-    inbound, lost_in, late_twilio = [], 0, []
+    # Frames that share an append arrive together: the newest of them (the one that
+    # completed the chunk) times the relay itself, without the wait for the chunk to fill.
+    inbound, lost_in, late_twilio, relay_in = [], 0, [], []
     for call in calls:
         t0, index = call["t0"], call["index"]
+        newest: dict[float, float] = {}  # append's arrival -> its newest frame's latency
         for frame, sent in enumerate(call["sent_times"]):
             if not in_window(sent):
                 continue
@@ -524,6 +527,8 @@ def analyse(
                 lost_in += 1
             else:
                 inbound.append(got - sent)
+                newest[got] = got - sent
+        relay_in += newest.values()
 
     # Outbound: the model sent a delta -> the Twilio client received that media frame.
     sent_out = dict(zip(model["out_keys"], model["out_times"], strict=True))
@@ -588,6 +593,7 @@ def analyse(
     return {
         "messages_per_call_s": {"appends": appends / window / n_calls},
         "inbound": distribution(inbound) | {"lost": lost_in},
+        "inbound_relay": distribution(relay_in),
         "outbound": distribution(outbound) | {"not_delivered": not_delivered},
         "barge_in": distribution(barge) | {"speech_without_clear": barge_missed},
         "frames_per_call_s": {
@@ -734,6 +740,8 @@ SUMMARY_FIELDS = {
     "server_sys_pct": ("server_sys_pct",),
     "inbound_p50_ms": ("inbound", "p50_ms"),
     "inbound_p99_ms": ("inbound", "p99_ms"),
+    "inbound_relay_p50_ms": ("inbound_relay", "p50_ms"),
+    "inbound_relay_p99_ms": ("inbound_relay", "p99_ms"),
     "outbound_p50_ms": ("outbound", "p50_ms"),
     "outbound_p99_ms": ("outbound", "p99_ms"),
     "clear_p50_ms": ("barge_in", "p50_ms"),
@@ -816,7 +824,9 @@ def check_targets(server: str, calls: int, s: dict[str, Any]) -> list[str]:
         check("clear inside the server p99", s["server_clear_p99_ms"], TARGET_P99_MS)
     if calls == 100 and server == "uvicorn":
         check("outbound p99", s["outbound_p99_ms"], TARGET_P99_AT_100_MS)
-        check("inbound p99", s["inbound_p99_ms"], TARGET_P99_AT_100_MS)
+        relay_in = s["inbound_relay_p99_ms"]
+        check("inbound p99 (newest frame of each append)", relay_in, TARGET_P99_AT_100_MS)
+        check("inbound p99", s["inbound_p99_ms"], s["chunk_ms"] + TARGET_P99_AT_100_MS)
     return notes
 
 
@@ -826,7 +836,8 @@ def versus_lean(rows: list, app: str) -> tuple[str, list[dict[str, Any]], list[s
     by_key = {(label, calls): s for label, calls, s, _ in rows}
     header = (
         f"{'server':<8} {'calls':>5} {'chunk':>5} {'cpu/call':>8} {'lean':>7} {'ratio':>6} "
-        f"{'in p50/p99':>12} {'out p50/p99':>12} {'clr p50/p99':>12} {'srv clr p99':>11} "
+        f"{'in p50/p99':>12} {'in* p50/p99':>12} {'out p50/p99':>12} {'clr p50/p99':>12} "
+        f"{'srv clr p99':>11} "
         f"{'lean in p50/p99':>15} {'lean out p50/p99':>16} {'appends/s':>9}"
     )
     lines, figures, notes = [header, "-" * len(header)], [], []
@@ -845,7 +856,8 @@ def versus_lean(rows: list, app: str) -> tuple[str, list[dict[str, Any]], list[s
         )
         lines.append(
             f"{label:<8} {calls:>5} {s['chunk_ms']:>5} {fmt(cpu, 3):>8} {fmt(lean_cpu, 3):>7} "
-            f"{fmt(ratio):>6} {pair(s, 'inbound'):>12} {pair(s, 'outbound'):>12} "
+            f"{fmt(ratio):>6} {pair(s, 'inbound'):>12} {pair(s, 'inbound_relay'):>12} "
+            f"{pair(s, 'outbound'):>12} "
             f"{pair(s, 'clear'):>12} {fmt(s['server_clear_p99_ms'], 3):>11} "
             f"{pair(lean, 'inbound'):>15} {pair(lean, 'outbound'):>16} "
             f"{fmt(s['appends_per_call_s'], 1):>9}{flags}"
@@ -867,7 +879,9 @@ VERSUS_LEGEND = f"""\
 The project ({{app}}) and the lean Channels relay ({APPS[LEAN_APP]}, every frame forwarded,
 no features) on the same load, runs interleaved; medians of the runs. chunk: caller audio
 per append to the model, ms (the lean relay: 20, every frame). ratio: the project's CPU per
-call / the lean relay's. in/out/clr: ms as in the table above. appends/s: the project's
+call / the lean relay's. in/out/clr: ms as in the table above; in*: inbound, timed by the
+newest frame of each append (the relay's own latency, without the wait for a chunk to
+fill). appends/s: the project's
 appends to the model per call and second (the lean relay: 50)."""
 
 
