@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import math
 from collections import Counter
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from django.conf import settings
 
+from callmedia.tasks import TaskSet
 from calls import security
 
 from .call import parse_answer
@@ -120,6 +122,7 @@ class OutboundPhones:
         self._turns = itertools.count()
         self._http: aiohttp.ClientSession | None = None
         self._sequence: Counter[str] = Counter()
+        self._tasks = TaskSet("Outbound phones", failure_level=logging.DEBUG)
 
     async def __aenter__(self) -> OutboundPhones:
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S))
@@ -130,6 +133,7 @@ class OutboundPhones:
         for call in self.calls.values():
             if call.stream is not None and not call.stream.closed:
                 await call.stream.aclose()
+        await self._tasks.close()
         await self.rest.stop()
         if self._http is not None:
             await self._http.close()
@@ -251,7 +255,7 @@ class OutboundPhones:
         if call.stream is not None:
             call.unplayed_at_hangup = call.stream.buffered_bytes
             call.played_bytes = len(call.stream.played)
-            asyncio.ensure_future(call.stream.stop())
+            self._tasks.spawn(call.stream.stop(), "phone-stream-stop")
 
     def _stream_event(self, call: PhoneCall, kind: str, detail: dict[str, Any]) -> None:
         if kind == "received" and detail.get("event") == "media" and call.first_audio_at is None:
