@@ -160,7 +160,7 @@ def parse_answer(document: str) -> StreamInstructions:
 # --- the REST emulator, on the port the server expects ----------------------------------------
 
 
-async def _start_rest_emulator(rest: TwilioRestEmulator) -> None:
+async def rest_emulator_start(rest: TwilioRestEmulator) -> None:
     """Start it on the port the server was told (TWILIO_API_BASE_URL), or say what to do."""
     try:
         await rest.start()
@@ -351,7 +351,7 @@ class SimulatedCall:
         loop = asyncio.get_running_loop()
         self._started_at = loop.time()
         if self._owns_rest:
-            await _start_rest_emulator(self.rest)
+            await rest_emulator_start(self.rest)
         self._warn_if_server_talks_elsewhere()
         try:
             async with aiohttp.ClientSession(
@@ -872,7 +872,7 @@ class SimulatedCall:
         from asgiref.sync import sync_to_async
 
         try:
-            lines = await sync_to_async(_new_database_lines)(self.call_sid, self._seen_rows)
+            lines = await sync_to_async(database_lines_new)(self.call_sid, self._seen_rows)
         except Exception as error:  # another database than the server's; not worth failing
             self.log(f"(no transcript: cannot read the server's database: {error})")
             self.watch_database = False
@@ -902,7 +902,7 @@ class SimulatedCall:
 
 
 
-def _new_database_lines(call_sid: str, seen: dict[str, int]) -> list[str]:
+def database_lines_new(call_sid: str, seen: dict[str, int]) -> list[str]:
     """Transcript lines and call events newer than `seen` (last primary keys, updated)."""
     from django.db import close_old_connections
 
