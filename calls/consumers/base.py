@@ -47,8 +47,14 @@ class StreamingConsumer(AsyncWebsocketConsumer):
         """Who this consumer serves, for log lines."""
         return type(self).__name__
 
-    async def server_stopping(self) -> bool:
-        """The server cancelled this connection as it shuts down; True if handled (not raised)."""
+    def server_stopping(self) -> bool:
+        """The server cancelled this connection as it shuts down: True to go on reading.
+
+        A subclass that returns True has begun ending the connection itself, and needs the
+        socket read until its close arrives: the peer's messages (a media stream's mark
+        echoes and clock) are what it waits on. The server cancels a second time if the
+        close never comes (daphne's application_close_timeout); that one is raised.
+        """
         return False
 
     def frame_received(self, data: str | bytes) -> Pending:
@@ -67,30 +73,42 @@ class StreamingConsumer(AsyncWebsocketConsumer):
         self.channel_receive = functools.partial(self.channel_layer.receive, self.channel_name)
         self.base_send = send
         listener = asyncio.create_task(self._listen(), name="stream-channel-listener")
-        dispatch, handling, frame_received = self.dispatch, self._handling, self.frame_received
+        stopping = False
         try:
             while True:
-                message = await receive()
-                if message["type"] != "websocket.receive" or handling.locked():
-                    async with handling:
-                        await dispatch(message)
-                    continue
-                # The stream's own messages, nearly all of them audio: handled here, with no
-                # coroutine per frame; only a few leave something to await.
-                text = message.get("text")
-                pending = frame_received(text if text is not None else message.get("bytes"))
-                if pending is not None:
-                    async with handling:
-                        await pending
+                try:
+                    await self._read(receive)
+                except asyncio.CancelledError:
+                    if stopping or not self.server_stopping():
+                        raise
+                    # Once only: the connection ends itself now, reading until it has.
+                    stopping = True
+                    task = asyncio.current_task()
+                    if task is not None:
+                        task.uncancel()
         except StopConsumer:
             pass
-        except asyncio.CancelledError:
-            if not await self.server_stopping():
-                raise
         finally:
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError, StopConsumer):
                 await listener
+
+    async def _read(self, receive: Any) -> None:
+        """Read the socket until the consumer stops (StopConsumer)."""
+        dispatch, handling, frame_received = self.dispatch, self._handling, self.frame_received
+        while True:
+            message = await receive()
+            if message["type"] != "websocket.receive" or handling.locked():
+                async with handling:
+                    await dispatch(message)
+                continue
+            # The stream's own messages, nearly all of them audio: handled here, with no
+            # coroutine per frame; only a few leave something to await.
+            text = message.get("text")
+            pending = frame_received(text if text is not None else message.get("bytes"))
+            if pending is not None:
+                async with handling:
+                    await pending
 
     # --- the channel layer: groups and the listener --------------------------------------
 
