@@ -20,6 +20,10 @@ Pending = Coroutine[Any, Any, None] | None
 # so that control works again within a couple of seconds of Redis coming back.
 LISTEN_RETRY_FIRST_S = 0.2
 LISTEN_RETRY_MAX_S = 2.0
+# How long a consumer that has ended waits for its listener to finish being cancelled. A
+# cancelled channels_redis read can hang on its receive lock; waiting for it without a
+# bound kept the consumer, and so a stopping server process, alive until it was killed.
+LISTENER_STOP_S = 1.0
 
 
 class StreamingConsumer(AsyncWebsocketConsumer):
@@ -90,8 +94,12 @@ class StreamingConsumer(AsyncWebsocketConsumer):
             pass
         finally:
             listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError, StopConsumer):
-                await listener
+            done, _ = await asyncio.wait({listener}, timeout=LISTENER_STOP_S)
+            if not done:
+                logger.warning("%s: its channel-layer read did not stop; left behind", self.label)
+            elif not listener.cancelled():
+                with contextlib.suppress(StopConsumer):
+                    listener.result()
 
     async def _read(self, receive: Any) -> None:
         """Read the socket until the consumer stops (StopConsumer)."""
