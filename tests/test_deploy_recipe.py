@@ -41,7 +41,7 @@ from .deploy_site import (
     self_signed_certificate,
     unit_settings,
 )
-from .servers import server_environment
+from .servers import ScratchDatabase, server_environment
 
 pytestmark = [pytest.mark.nginx, pytest.mark.redis]
 
@@ -159,8 +159,11 @@ def site(redis_url, tmp_path_factory) -> Iterator[Site]:
     directory = tmp_path_factory.mktemp("deploy")
     static_root = directory / "static"
     rest_port, realtime_port = free_port(), free_port()
+    # The site's own database (a file, or a PostgreSQL database under DATABASE_URL): the
+    # suite's test database is flushed by other tests, and may not exist yet.
+    database = ScratchDatabase(directory)
     env = server_environment(
-        SQLITE_PATH=str(directory / "db.sqlite3"),
+        **database.environment,
         REDIS_URL=redis_url,
         STATIC_ROOT=str(static_root),
         TWILIO_API_BASE_URL=f"http://127.0.0.1:{rest_port}",
@@ -212,6 +215,7 @@ def site(redis_url, tmp_path_factory) -> Iterator[Site]:
             )
     finally:
         systemd.close()
+        database.drop()
 
 
 def signed_incoming_call(call_sid: str) -> tuple[dict[str, str], str]:
