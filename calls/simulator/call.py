@@ -27,6 +27,7 @@ import logging
 import math
 import re
 import secrets
+import ssl
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -285,8 +286,10 @@ class SimulatedCall:
         watch_database: bool = False,
         verbose: bool = False,
         log: LogCallback = print,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.server_url = server_url.rstrip("/")
+        self.ssl_context = ssl_context  # verifies an https server (default: the system's CAs)
         self.public_url = (public_url or settings.PUBLIC_URL).rstrip("/")
         self.duration_s = duration_s
         self.actions = list(actions or [])
@@ -355,7 +358,8 @@ class SimulatedCall:
         self._warn_if_server_talks_elsewhere()
         try:
             async with aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S)
+                timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S),
+                connector=aiohttp.TCPConnector(ssl=self.ssl_context or True),
             ) as self._http:
                 await self._call()
         finally:
@@ -420,6 +424,7 @@ class SimulatedCall:
             custom_parameters=instructions.parameters,
             headers={security.SIGNATURE_HEADER: signature, **self._proxy_headers()},
             audio_tap=self.rest.audio_tap_for(self.call_sid),  # what a recording captures
+            ssl_context=self.ssl_context,
         )
         stream = self.stream
         # Events of a stream the call has left behind are not this call's any more.

@@ -15,6 +15,7 @@ import base64
 import json
 import logging
 import secrets
+import ssl
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -170,10 +171,13 @@ class TwilioStreamClient:
         caller_audio: bytes | None = None,
         on_event: EventCallback | None = None,
         audio_tap: AudioTap | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         """`audio_tap(track, at, ulaw)` sees the call's audio on the loop's clock: each caller
         frame sent ("inbound") and the agent's audio as it plays ("outbound"), for a
-        recording of the call."""
+        recording of the call. `ssl_context` verifies a wss:// server (default: the system's
+        trust store)."""
+        self.ssl_context = ssl_context
         self.url = url
         self.audio_tap = audio_tap
         self.call_sid = call_sid
@@ -218,8 +222,9 @@ class TwilioStreamClient:
 
     async def start(self) -> None:
         """Connect and send ``connected`` and ``start``; then stream until stopped or closed."""
+        tls = {"ssl": self.ssl_context} if self.ssl_context is not None else {}
         self._ws = await connect(
-            self.url, additional_headers=self.headers, compression=None, max_size=None
+            self.url, additional_headers=self.headers, compression=None, max_size=None, **tls
         )
         loop = asyncio.get_running_loop()
         self._start_time = loop.time()

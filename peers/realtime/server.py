@@ -29,12 +29,14 @@ class FakeRealtimeServer:
         interrupt_response: bool = True,
         auto_reply_every_ms: int | None = None,
         session_class: type[FakeSession] = FakeSession,
+        port: int = 0,
     ) -> None:
         self.script: list[Reply] = list(script or [])
         self.default_reply: Reply = default_reply or Reply()
         self.interrupt_response = interrupt_response
         self.auto_reply_every_ms = auto_reply_every_ms
         self.session_class = session_class
+        self.port = port  # 0: any free port (`url` says which)
         self.sessions: list[FakeSession] = []
         self.handshakes: list[dict[str, Any]] = []  # every attempt, accepted or not
         # While set, new connections are refused with this HTTP status (an outage).
@@ -54,7 +56,7 @@ class FakeRealtimeServer:
         self._server = await serve(
             self._handle,
             "127.0.0.1",
-            0,
+            self.port,
             process_request=self._check_handshake,
             compression=None,
             max_size=None,
