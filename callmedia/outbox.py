@@ -99,8 +99,8 @@ class Outbox(Generic[T]):
         """
         self._closing = True
         self._ready.set()
-        if self._writer is None:
-            return True
+        if self._writer is None or self._writer.done():
+            return True  # never started, or stopped: nothing more will be sent
         try:
             await asyncio.wait_for(asyncio.shield(self._writer), timeout_s)
         except TimeoutError:

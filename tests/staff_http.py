@@ -18,6 +18,8 @@ def create_world() -> None:
         name="Greeter",
         phone_number="+14155550100",
         greeting="Hello and welcome, this greeting is long enough to be interrupted.",
+        # A call left quiet for a minute (QUIET_SECONDS) must not end on its own meanwhile.
+        idle_timeout_seconds=600,
     )
     # Hashed as the servers (production settings) hash, not with the suite's fast hasher.
     hasher = PBKDF2PasswordHasher()

@@ -5,7 +5,7 @@ import time
 import pytest
 from django.contrib.auth.models import Permission, User
 
-from agents.models import Agent, Backend
+from agents.models import Agent, AnsweringMachine, Backend
 from calls.models import Call, TranscriptEntry
 
 from .dashboard_helpers import make_staff
@@ -33,6 +33,8 @@ def agent_form_data(**overrides) -> dict:
         "transfer_digit": "0",
         "max_call_seconds": "900",
         "idle_timeout_seconds": "30",
+        "answering_machine": AnsweringMachine.OFF,
+        "analysis_schema": "{}",
         "transfer_targets-TOTAL_FORMS": "0",
         "transfer_targets-INITIAL_FORMS": "0",
         "transfer_targets-MIN_NUM_FORMS": "0",

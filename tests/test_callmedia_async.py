@@ -121,3 +121,40 @@ async def test_a_failed_task_is_logged_with_its_owner_and_name(caplog):
         await asyncio.gather(task, return_exceptions=True)
         await settle()
     assert "Call CA1: task bad-task failed" in caplog.text
+
+
+async def test_a_task_set_cancels_tasks_by_name():
+    tasks = TaskSet("Stream test")
+    sender = tasks.spawn(asyncio.sleep(10), "sender")
+    receiver = tasks.spawn(asyncio.sleep(10), "receiver")
+
+    await tasks.close("sender")
+
+    assert sender.cancelled()
+    assert not receiver.done()
+    assert len(tasks) == 1
+    await tasks.close()
+    assert receiver.cancelled()
+
+
+async def test_a_task_set_hands_each_failure_to_its_owner():
+    failures = []
+    tasks = TaskSet("Stream test", failure_level=logging.DEBUG, on_failure=failures.append)
+
+    async def fail():
+        raise ValueError("no")
+
+    task = tasks.spawn(fail(), "bad-task")
+    tasks.spawn(asyncio.sleep(0), "fine")
+    await asyncio.gather(task, return_exceptions=True)
+    await settle()
+    assert [repr(error) for error in failures] == [repr(ValueError("no"))]
+
+
+async def test_closing_a_stopped_outbox_returns_at_once():
+    peer = Peer()
+    outbox = Outbox(peer.send, name="test")
+    outbox.start()
+    await outbox.stop()
+
+    assert await asyncio.wait_for(outbox.close(timeout_s=1.0), 0.5)

@@ -40,8 +40,11 @@ DEMO_GREETING = "Hello, you have reached the voicebot demo. How can I help you t
 
 
 class Server:
-    def __init__(self, url: str, rest_port: int, database: ScratchDatabase, log: Path) -> None:
+    def __init__(
+        self, url: str, rest_port: int, database: ScratchDatabase, log: Path, env: dict
+    ) -> None:
         self.url, self.rest_port, self.database, self.log = url, rest_port, database, log
+        self.env = env  # the server's environment, for a command on the same settings
 
     def call_row(self, call_sid: str) -> dict:
         [row] = self.database.rows("SELECT * FROM calls_call WHERE sid = %s", [call_sid])
@@ -85,7 +88,7 @@ def server(tmp_path_factory) -> Iterator[Server]:
     log = directory / "daphne.log"
     try:
         with daphne(log, **overrides) as url:
-            yield Server(url, rest_port, database, log)
+            yield Server(url, rest_port, database, log, env)
     finally:
         database.drop()
 
@@ -221,6 +224,119 @@ def test_the_command_runs_a_call_and_prints_a_summary(server):
     text = output.getvalue()
     assert "Call summary" in text
     assert f"transfer: transferred to {DEMO_TARGET_NUMBER}" in text
+
+
+# --- outbound calls -------------------------------------------------------------------------
+
+CALLEE = "+14155550142"
+VOICEMAIL = "Hello, this is the voicebot demo returning your call. Please call us back."
+
+
+def simulate_outbound(server: Server, *args: str) -> subprocess.CompletedProcess:
+    """`manage.py simulate_call --outbound …` on the server's own settings and database."""
+    return subprocess.run(
+        [
+            sys.executable,
+            "manage.py",
+            "simulate_call",
+            "--server",
+            server.url,
+            "--rest-port",
+            str(server.rest_port),
+            "--agent",
+            "Demo receptionist",
+            "--no-input",
+            "--outbound",
+            CALLEE,
+            *args,
+        ],
+        cwd=ROOT,
+        env=server.env,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+
+
+def summary_row(output: str, name: str) -> str:
+    start = output.index("Call summary (outbound)")
+    return next(
+        line.strip().removeprefix(name).strip()
+        for line in output[start:].splitlines()[1:]
+        if line.split(maxsplit=1)[:1] == [name]
+    )
+
+
+@pytest.fixture
+def agent_leaves_voicemail(server):
+    server.database.execute(
+        "UPDATE agents_agent SET answering_machine = %s, voicemail_message = %s",
+        ["voicemail", VOICEMAIL],
+    )
+    yield
+    server.database.execute("UPDATE agents_agent SET answering_machine = %s", ["off"])
+
+
+def outbound_call_row(server: Server, output: str) -> dict:
+    call_sid = summary_row(output, "Call").split()[0]
+    return server.call_row(call_sid)
+
+
+@pytest.mark.realtime
+def test_outbound_a_machine_beeps_and_the_agent_leaves_its_voicemail(
+    server, agent_leaves_voicemail
+):
+    done = simulate_outbound(server, "--answered-by", "machine_end_beep", "--duration", "20")
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    output = done.stdout
+    assert summary_row(output, "Answered").startswith("an answering machine")
+    assert "the server recorded machine_end_beep" in summary_row(output, "Detection")
+    assert summary_row(output, "Voicemail") == f"left ({len(VOICEMAIL)} characters)"
+    assert summary_row(output, "End") == "completed: Left a voicemail (the server hung up)"
+    heard_s = float(summary_row(output, "Heard").split()[0])
+    assert heard_s >= ms(VOICEMAIL) / 1000 - 0.2  # the whole message played to the machine
+    assert "server: amd_result" in output  # the server's events, as they happened
+    row = outbound_call_row(server, output)
+    assert (row["direction"], row["answered_by"], row["end_reason"]) == (
+        "outbound",
+        "machine_end_beep",
+        "voicemail",
+    )
+
+
+@pytest.mark.realtime
+def test_outbound_a_person_is_greeted_and_hangs_up(server, agent_leaves_voicemail):
+    done = simulate_outbound(server, "--answered-by", "human", "--duration", "6")
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    output = done.stdout
+    assert "the server recorded human" in summary_row(output, "Detection")
+    assert summary_row(output, "Voicemail") == "none"
+    assert summary_row(output, "End").endswith("(the callee hung up)")
+    assert float(summary_row(output, "Heard").split()[0]) >= ms(DEMO_GREETING) / 1000 - 0.2
+    assert outbound_call_row(server, output)["answered_by"] == "human"
+
+
+def test_outbound_busy_ends_without_a_stream(server):
+    done = simulate_outbound(server, "--answered-by", "busy", "--duration", "5")
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    output = done.stdout
+    assert summary_row(output, "Answered") == "nobody: busy"
+    assert summary_row(output, "Detection").startswith("not asked")  # the agent does not detect
+    assert summary_row(output, "End").startswith("busy:")
+    assert summary_row(output, "REST") == "create → 201"
+    row = outbound_call_row(server, output)
+    assert (row["status"], row["direction"]) == ("busy", "outbound")
+
+
+def test_outbound_refuses_when_this_process_would_reach_another_twilio(settings):
+    settings.TWILIO_API_BASE_URL = ""  # Twilio itself
+    with pytest.raises(CommandError, match="TWILIO_API_BASE_URL is Twilio itself"):
+        call_command(
+            "simulate_call", "--outbound", CALLEE, "--rest-port", str(free_port()), "--no-input"
+        )
 
 
 # --- clear errors ---------------------------------------------------------------------------

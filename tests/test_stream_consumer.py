@@ -9,8 +9,9 @@ from asgiref.sync import sync_to_async
 
 from agents.models import Agent, TransferTarget
 from callmedia import audio, protocol
-from calls import services
+from calls import drain, services
 from calls.consumers import MediaStreamConsumer
+from calls.consumers.media import HANDOVER_QUIET_WAIT_S
 from calls.models import Call, CallEvent, EndReason, MediaStream, StreamStatus
 from calls.simulator import wire
 from calls.simulator.rest import TwilioRestEmulator
@@ -490,3 +491,35 @@ async def test_actions_on_a_finished_call_are_refused(stream):
     call = await call_of(stream)
     with pytest.raises(services.CallControlError, match="already ended"):
         await services.call_clear_audio(call_id=str(call.id), actor="staff")
+
+
+# --- draining: the process shuts down, the call moves on --------------------------------
+
+
+@pytest.fixture
+def draining():
+    yield
+    drain.reset()
+
+
+async def test_a_draining_stream_hands_over_once_its_audio_has_played(stream, draining):
+    # daphne cancels every connection's application as it shuts down (the drain runs just
+    # before): the consumer must go on reading Twilio's messages, or the echo of the audio
+    # still playing never arrives and the call waits out the quiet cap.
+    call = await call_of(stream)
+    await services.call_play_audio(call_id=str(call.id), wav=silent_wav(300), actor="staff")
+    mark = await stream.receive_event("mark")
+    drained = asyncio.create_task(drain.drain_process(deadline_s=10))
+    await asyncio.sleep(0)
+    stream.communicator.future.cancel()
+
+    await asyncio.sleep(0.2)
+    assert not drained.done(), "handed over while the clip was still playing"
+    await stream.media(count=15)  # Twilio's clock goes on; the clip ends
+    await stream.mark(mark["mark"]["name"])
+    async with asyncio.timeout(HANDOVER_QUIET_WAIT_S / 5):
+        assert await drained == 0  # every call handed over
+    assert await stream.closed() == 1000
+    assert "stream_handover" in await event_kinds(stream)
+    record = await stream_record(stream)
+    assert record.marks_received == 1

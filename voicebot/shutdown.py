@@ -7,6 +7,9 @@ trigger, registered after this one, cancels every connection's application at th
 moment; the media stream consumer catches that cancellation while the process drains and
 finishes its handover first (calls.consumers.media).
 
+The drain starts by closing the listening sockets, so that new requests go to the other
+processes (see `_stop_listening`).
+
 Under another ASGI server (uvicorn) there is no reactor and nothing is registered: a
 shutdown there drops live calls (see the README, "Deploys").
 """
@@ -35,5 +38,21 @@ def install() -> bool:
 def _drain():
     from twisted.internet import defer
 
+    _stop_listening()
     coroutine = drain.drain_process(deadline_s=settings.DRAIN_DEADLINE_SECONDS)
     return defer.Deferred.fromFuture(asyncio.ensure_future(coroutine))
+
+
+def _stop_listening() -> None:
+    """Refuse new connections from now on; those open, the calls' streams, carry on.
+
+    A proxy in front (nginx, deploy/) then sends every new request to another process at
+    once: the `<Connect action>` of each call handed over, and the new stream it opens. A
+    draining process still listening would take them, hand the new streams straight back,
+    and cut any request still in flight when it exits (a POST that nginx does not retry).
+    """
+    from twisted.internet import reactor, tcp
+
+    for reader in reactor.getReaders():
+        if isinstance(reader, tcp.Port):
+            reader.stopListening()

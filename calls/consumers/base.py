@@ -20,6 +20,10 @@ Pending = Coroutine[Any, Any, None] | None
 # so that control works again within a couple of seconds of Redis coming back.
 LISTEN_RETRY_FIRST_S = 0.2
 LISTEN_RETRY_MAX_S = 2.0
+# How long a consumer that has ended waits for its listener to finish being cancelled. A
+# cancelled channels_redis read can hang on its receive lock; waiting for it without a
+# bound kept the consumer, and so a stopping server process, alive until it was killed.
+LISTENER_STOP_S = 1.0
 
 
 class StreamingConsumer(AsyncWebsocketConsumer):
@@ -47,8 +51,14 @@ class StreamingConsumer(AsyncWebsocketConsumer):
         """Who this consumer serves, for log lines."""
         return type(self).__name__
 
-    async def server_stopping(self) -> bool:
-        """The server cancelled this connection as it shuts down; True if handled (not raised)."""
+    def server_stopping(self) -> bool:
+        """The server cancelled this connection as it shuts down: True to go on reading.
+
+        A subclass that returns True has begun ending the connection itself, and needs the
+        socket read until its close arrives: the peer's messages (a media stream's mark
+        echoes and clock) are what it waits on. The server cancels a second time if the
+        close never comes (daphne's application_close_timeout); that one is raised.
+        """
         return False
 
     def frame_received(self, data: str | bytes) -> Pending:
@@ -67,30 +77,46 @@ class StreamingConsumer(AsyncWebsocketConsumer):
         self.channel_receive = functools.partial(self.channel_layer.receive, self.channel_name)
         self.base_send = send
         listener = asyncio.create_task(self._listen(), name="stream-channel-listener")
-        dispatch, handling, frame_received = self.dispatch, self._handling, self.frame_received
+        stopping = False
         try:
             while True:
-                message = await receive()
-                if message["type"] != "websocket.receive" or handling.locked():
-                    async with handling:
-                        await dispatch(message)
-                    continue
-                # The stream's own messages, nearly all of them audio: handled here, with no
-                # coroutine per frame; only a few leave something to await.
-                text = message.get("text")
-                pending = frame_received(text if text is not None else message.get("bytes"))
-                if pending is not None:
-                    async with handling:
-                        await pending
+                try:
+                    await self._read(receive)
+                except asyncio.CancelledError:
+                    if stopping or not self.server_stopping():
+                        raise
+                    # Once only: the connection ends itself now, reading until it has.
+                    stopping = True
+                    task = asyncio.current_task()
+                    if task is not None:
+                        task.uncancel()
         except StopConsumer:
             pass
-        except asyncio.CancelledError:
-            if not await self.server_stopping():
-                raise
         finally:
             listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError, StopConsumer):
-                await listener
+            done, _ = await asyncio.wait({listener}, timeout=LISTENER_STOP_S)
+            if not done:
+                logger.warning("%s: its channel-layer read did not stop; left behind", self.label)
+            elif not listener.cancelled():
+                with contextlib.suppress(StopConsumer):
+                    listener.result()
+
+    async def _read(self, receive: Any) -> None:
+        """Read the socket until the consumer stops (StopConsumer)."""
+        dispatch, handling, frame_received = self.dispatch, self._handling, self.frame_received
+        while True:
+            message = await receive()
+            if message["type"] != "websocket.receive" or handling.locked():
+                async with handling:
+                    await dispatch(message)
+                continue
+            # The stream's own messages, nearly all of them audio: handled here, with no
+            # coroutine per frame; only a few leave something to await.
+            text = message.get("text")
+            pending = frame_received(text if text is not None else message.get("bytes"))
+            if pending is not None:
+                async with handling:
+                    await pending
 
     # --- the channel layer: groups and the listener --------------------------------------
 

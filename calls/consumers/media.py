@@ -311,9 +311,12 @@ class MediaStreamConsumer(StreamingConsumer):
         Twilio then requests our <Connect action>, which resumes the call on a new stream.
         Idempotent: the drain and the consumer's own cancellation await the same task.
         """
+        return asyncio.shield(self._handover_task())
+
+    def _handover_task(self) -> asyncio.Task[None]:
         if self._handover is None:
             self._handover = asyncio.ensure_future(self._hand_over())
-        return asyncio.shield(self._handover)
+        return self._handover
 
     async def _hand_over(self) -> None:
         loop = asyncio.get_running_loop()
@@ -328,17 +331,15 @@ class MediaStreamConsumer(StreamingConsumer):
                 logger.warning("Call %s: handed over without a quiet moment", self.call_sid)
             await self.end_stream(drain.HANDOVER, code=CLOSE_HANDOVER)
 
-    async def server_stopping(self) -> bool:
-        """daphne cancels every connection as it shuts down: while draining, hand over first."""
+    def server_stopping(self) -> bool:
+        """daphne cancels every connection as it shuts down: while draining, hand over first.
+
+        The socket is read on meanwhile: the quiet moment is known from Twilio's mark echoes
+        and stream clock, and the handover's close ends the read loop as any close does.
+        """
         if not drain.draining():
             return False
-        task = asyncio.current_task()
-        if task is not None:
-            task.uncancel()
-        try:
-            await self.hand_over()
-        finally:
-            await self.disconnect(CLOSE_HANDOVER)
+        self._handover_task()  # the drain awaits it (calls.drain)
         return True
 
     def _mark_echoed(self, name: str) -> None:

@@ -43,7 +43,7 @@ from .control import (
     call_send,
     call_transfer,
 )
-from .handover import stream_handover_record, stream_resume_token
+from .handover import stream_handover_record, stream_resume_twiml
 from .listening import (
     call_hand_back,
     call_take_over,
@@ -78,7 +78,7 @@ from .recordings import (
     recording_status_record,
     recordings_purge,
 )
-from .resume import RESUME_PARAMETER, call_resume_twiml
+from .resume import RESUME_PARAMETER, call_resume, call_resume_twiml
 from .search import calls_search
 from .streams import (
     STREAM_COUNTERS,
@@ -110,6 +110,7 @@ __all__ = [
     "recording_status_record",
     "recordings_purge",
     "RESUME_PARAMETER",
+    "call_resume",
     "call_resume_twiml",
     "warm_dial_result",
     "warm_whisper_answer",
@@ -177,7 +178,7 @@ __all__ = [
     "stream_handover_record",
     "stream_open",
     "stream_process_attach",
-    "stream_resume_token",
+    "stream_resume_twiml",
     "stream_status_record",
     "transcript_add",
     "transcript_history",

@@ -28,7 +28,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
-from .. import security, telephony, twiml
+from .. import telephony
 from ..feed import call_broadcast
 from ..models import (
     LIVE_STATUSES,
@@ -46,6 +46,7 @@ from ..models import (
 from .control import CallControlError, call_hangup
 from .liveness import processes_prune
 from .outcomes import call_outcome_update
+from .resume import call_resume
 from .transcripts import call_event_record
 from .webhooks import call_status_update
 
@@ -262,25 +263,26 @@ def call_resume_prepare(*, call_id: str) -> tuple[str, str] | None:
     """A new `<Connect><Stream>` for a live call whose stream is gone: (CallSid, TwiML).
 
     The token is fresh and single-use, for the same CallSid, so the stream Twilio opens
-    with it attaches to this Call record. Streams a dead process left started are closed.
+    with it attaches to this Call record (`call_resume`). Streams a dead process left
+    started are closed, and a call not yet answered in our records is now in progress.
     """
     now = timezone.now()
-    with transaction.atomic():
-        call = Call.objects.select_for_update().filter(pk=call_id).first()
-        if call is None or not call.is_live:
-            return None
-        token, call.stream_nonce = security.stream_token_issue(call.sid)
-        fields = ["stream_nonce"]
+    resumed: list[Call] = []
+
+    def prepare(call: Call) -> dict[str, Any]:
         if STATUS_RANK.get(call.status, 0) < STATUS_RANK[CallStatus.IN_PROGRESS]:
             call.status, call.answered_at = CallStatus.IN_PROGRESS, call.answered_at or now
-            fields += ["status", "answered_at"]
-        call.save(update_fields=fields)
-        lost = _streams_lost_close(call, now)
-        call_event_record(
-            call=call, kind="resume_requested", actor=Actor.SYSTEM, data={"lost_streams": lost}
-        )
-        call_broadcast(call)
-    return call.sid, twiml.connect_stream(token=token)
+            call.save(update_fields=["status", "answered_at"])
+        resumed.append(call)
+        return {"lost_streams": _streams_lost_close(call, now)}
+
+    document = call_resume(
+        call_id=call_id,
+        why="its server process was lost",
+        event_kind="resume_requested",
+        prepare=prepare,
+    )
+    return None if document is None else (resumed[0].sid, document)
 
 
 def _resume_failed_record(call_id: str, error: str) -> None:

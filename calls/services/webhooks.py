@@ -22,7 +22,7 @@ from ..models import (
     MediaStream,
     StreamStatus,
 )
-from .handover import stream_resume_token
+from .handover import stream_resume_twiml
 from .outcomes import call_outcome_update
 from .transcripts import call_event_record
 
@@ -232,9 +232,9 @@ def connect_ended_record(*, call_sid: str) -> str:
 
     A stream a draining process handed over resumes on a new stream; any other ends the call.
     """
-    token = stream_resume_token(call_sid=call_sid)
-    if token is not None:
-        return twiml.connect_stream(token=token)
+    resumed = stream_resume_twiml(call_sid=call_sid)
+    if resumed is not None:
+        return resumed
     call = Call.objects.filter(sid=call_sid).first()
     if call is not None:
         call_event_record(call=call, kind="stream_closed", actor=Actor.TWILIO)

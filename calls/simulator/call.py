@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import math
 import re
 import secrets
+import ssl
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,6 +44,7 @@ from websockets.exceptions import InvalidHandshake, InvalidStatus
 
 from callmedia.audio import BYTES_PER_MS, duration_ms, ulaw_to_wav, wav_to_ulaw
 from callmedia.protocol import CLOSE_START_FAILED, CLOSE_START_TIMEOUT, CLOSE_STREAM_REFUSED
+from callmedia.tasks import TaskSet
 from calls import security
 
 from .rest import API_VERSION, TwilioRestEmulator, twiml_dial_numbers
@@ -158,7 +161,7 @@ def parse_answer(document: str) -> StreamInstructions:
 # --- the REST emulator, on the port the server expects ----------------------------------------
 
 
-async def _start_rest_emulator(rest: TwilioRestEmulator) -> None:
+async def rest_emulator_start(rest: TwilioRestEmulator) -> None:
     """Start it on the port the server was told (TWILIO_API_BASE_URL), or say what to do."""
     try:
         await rest.start()
@@ -283,8 +286,10 @@ class SimulatedCall:
         watch_database: bool = False,
         verbose: bool = False,
         log: LogCallback = print,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.server_url = server_url.rstrip("/")
+        self.ssl_context = ssl_context  # verifies an https server (default: the system's CAs)
         self.public_url = (public_url or settings.PUBLIC_URL).rstrip("/")
         self.duration_s = duration_s
         self.actions = list(actions or [])
@@ -325,15 +330,20 @@ class SimulatedCall:
         self._turn_marks: list[str] = []
         self._last_agent_audio = 0.0
         self._last_caller_audio_end = 0.0
-        self._tasks: list[asyncio.Task] = []
+        # The caller's script, status callbacks, stream changes: a failure is the call's error.
+        self._tasks = TaskSet(
+            f"Simulated call {self.call_sid}",
+            failure_level=logging.DEBUG,
+            on_failure=lambda error: self._error(f"simulator task failed: {error!r}"),
+        )
 
     # -- the caller's hands --------------------------------------------------------------------
 
     def press(self, keys: str) -> None:
-        self._spawn(self._press(keys))
+        self._tasks.spawn(self._press(keys), "simulated-call-press")
 
     def say(self, text: str) -> None:
-        self._spawn(self._say(text))
+        self._tasks.spawn(self._say(text), "simulated-call-say")
 
     def hang_up(self, detail: str = "the caller hung up") -> None:
         self._end("caller", detail)
@@ -344,17 +354,16 @@ class SimulatedCall:
         loop = asyncio.get_running_loop()
         self._started_at = loop.time()
         if self._owns_rest:
-            await _start_rest_emulator(self.rest)
+            await rest_emulator_start(self.rest)
         self._warn_if_server_talks_elsewhere()
         try:
             async with aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S)
+                timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S),
+                connector=aiohttp.TCPConnector(ssl=self.ssl_context or True),
             ) as self._http:
                 await self._call()
         finally:
-            for task in self._tasks:
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self._tasks.close()
             if self.stream is not None:
                 await self._close_stream()
             if self._owns_rest:
@@ -388,9 +397,13 @@ class SimulatedCall:
         await self._open_stream(instructions)
         for action in self.actions:
             self.log(f"script: {action.describe()}")
-        self._spawn(self._hang_up_after(self.duration_s))
-        self._spawn(self._run_script())
-        watcher = self._spawn(self._watch_database()) if self.watch_database else None
+        self._tasks.spawn(self._hang_up_after(self.duration_s), "simulated-call-duration")
+        self._tasks.spawn(self._run_script(), "simulated-call-script")
+        watcher = (
+            self._tasks.spawn(self._watch_database(), "simulated-call-database")
+            if self.watch_database
+            else None
+        )
         await self._ended.wait()
         if self._switching is not None and self._switching is not asyncio.current_task():
             await asyncio.gather(self._switching, return_exceptions=True)
@@ -411,6 +424,7 @@ class SimulatedCall:
             custom_parameters=instructions.parameters,
             headers={security.SIGNATURE_HEADER: signature, **self._proxy_headers()},
             audio_tap=self.rest.audio_tap_for(self.call_sid),  # what a recording captures
+            ssl_context=self.ssl_context,
         )
         stream = self.stream
         # Events of a stream the call has left behind are not this call's any more.
@@ -487,7 +501,10 @@ class SimulatedCall:
         self.result.streams.append(stream.summary())
         if instructions is not None and instructions.status_callback:
             # Sent beside the action request, not before it: Twilio does not wait for it.
-            self._spawn(self._post_stream_status(instructions, "stream-stopped", stream=stream))
+            self._tasks.spawn(
+                self._post_stream_status(instructions, "stream-stopped", stream=stream),
+                "simulated-call-stream-stopped",
+            )
 
     async def _after_stream(self, instructions: StreamInstructions) -> None:
         """What Twilio does once the stream is over, up to the call's last status callback."""
@@ -741,7 +758,7 @@ class SimulatedCall:
         if self._switching is not None and not self._switching.done():
             coroutine.close()
             return
-        self._switching = self._spawn(coroutine)
+        self._switching = self._tasks.spawn(coroutine, "simulated-call-switch")
 
     @staticmethod
     def _connects_stream(twiml: str) -> bool:
@@ -777,7 +794,7 @@ class SimulatedCall:
     async def _run_script(self) -> None:
         for action in self.actions:
             if action.at_s is not None:
-                self._spawn(self._at(action.at_s, action))
+                self._tasks.spawn(self._at(action.at_s, action), "simulated-call-action")
         for action in self.actions:
             if action.at_s is None:
                 await self._wait_quiet()
@@ -860,7 +877,7 @@ class SimulatedCall:
         from asgiref.sync import sync_to_async
 
         try:
-            lines = await sync_to_async(_new_database_lines)(self.call_sid, self._seen_rows)
+            lines = await sync_to_async(database_lines_new)(self.call_sid, self._seen_rows)
         except Exception as error:  # another database than the server's; not worth failing
             self.log(f"(no transcript: cannot read the server's database: {error})")
             self.watch_database = False
@@ -888,18 +905,9 @@ class SimulatedCall:
         self.log(f"call ends: {detail}")
         self._ended.set()
 
-    def _spawn(self, coroutine: Any) -> asyncio.Task:
-        task = asyncio.ensure_future(coroutine)
-        self._tasks.append(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            self._error(f"simulator task failed: {task.exception()!r}")
 
 
-def _new_database_lines(call_sid: str, seen: dict[str, int]) -> list[str]:
+def database_lines_new(call_sid: str, seen: dict[str, int]) -> list[str]:
     """Transcript lines and call events newer than `seen` (last primary keys, updated)."""
     from django.db import close_old_connections
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import math
 from collections import Counter
 from dataclasses import dataclass, field
@@ -36,9 +37,10 @@ from urllib.parse import urlsplit
 import aiohttp
 from django.conf import settings
 
+from callmedia.tasks import TaskSet
 from calls import security
 
-from .call import parse_answer
+from .call import parse_answer, rest_emulator_start
 from .rest import API_VERSION, TwilioRestEmulator
 from .stream import TwilioStreamClient
 
@@ -91,6 +93,7 @@ class PhoneCall:
     over: bool = False  # Twilio counts it as ended (a terminal status)
     errors: list[str] = field(default_factory=list)
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    leave: asyncio.Event = field(default_factory=asyncio.Event)  # the callee hangs up now
 
 
 class OutboundPhones:
@@ -103,7 +106,11 @@ class OutboundPhones:
         answers: dict[str, Answer] | None = None,
         default: Answer = HUMAN,
         public_url: str | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
     ) -> None:
+        """`host`/`port`: where the REST API listens (the server's TWILIO_API_BASE_URL); port
+        0 picks a free one."""
         self.servers = [server.rstrip("/") for server in servers]
         self.answers = dict(answers or {})
         self.default = default
@@ -113,6 +120,8 @@ class OutboundPhones:
             auth_token=settings.TWILIO_AUTH_TOKEN,
             on_create=self._created,
             on_hangup=self._hung_up,
+            host=host,
+            port=port,
         )
         self.calls: dict[str, PhoneCall] = {}
         self.live = 0
@@ -120,16 +129,18 @@ class OutboundPhones:
         self._turns = itertools.count()
         self._http: aiohttp.ClientSession | None = None
         self._sequence: Counter[str] = Counter()
+        self._tasks = TaskSet("Outbound phones", failure_level=logging.DEBUG)
 
     async def __aenter__(self) -> OutboundPhones:
+        await rest_emulator_start(self.rest)
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S))
-        await self.rest.start()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         for call in self.calls.values():
             if call.stream is not None and not call.stream.closed:
                 await call.stream.aclose()
+        await self._tasks.close()
         await self.rest.stop()
         if self._http is not None:
             await self._http.close()
@@ -144,6 +155,10 @@ class OutboundPhones:
 
     def by_number(self, number: str) -> list[PhoneCall]:
         return [call for call in self.calls.values() if call.to == number]
+
+    def hang_up(self, sid: str) -> None:
+        """The callee hangs up now, rather than after its `talk_s`."""
+        self.calls[sid].leave.set()
 
     async def wait_done(self, sid: str, timeout: float = 10.0) -> PhoneCall:
         call = self.calls[sid]
@@ -206,7 +221,7 @@ class OutboundPhones:
         if call.params.get("MachineDetection") and answer.verdict != NO_VERDICT:
             await asyncio.sleep(answer.amd_delay_s)
             await self._amd(call, answer.verdict, answered_at)
-        await self._wait_closed(call.stream, answer.talk_s)
+        await self._wait_closed(call, answer.talk_s)
         if not call.stream.closed:
             call.ended_by = "callee"
             # The callee hangs up: for Twilio the call is over then, before the stream ends.
@@ -221,11 +236,18 @@ class OutboundPhones:
             self.rest.set_status(call.sid, "completed")
         await self._end(call, "completed", call.ended_by, duration=duration)
 
-    async def _wait_closed(self, stream: TwilioStreamClient, seconds: float) -> None:
-        try:
-            await stream.wait_closed(seconds)
-        except TimeoutError:
-            pass
+    async def _wait_closed(self, call: PhoneCall, seconds: float) -> None:
+        """Until the stream closes, the callee leaves, or `seconds` pass."""
+        assert call.stream is not None
+        closed = asyncio.ensure_future(call.stream.wait_closed(seconds))
+        leave = asyncio.ensure_future(call.leave.wait())
+        await asyncio.wait({closed, leave}, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in (closed, leave):
+            waiter.cancel()
+        await asyncio.gather(closed, leave, return_exceptions=True)
+        error = None if closed.cancelled() else closed.exception()
+        if error is not None and not isinstance(error, TimeoutError):
+            raise error  # a stream task failed
 
     async def _amd(self, call: PhoneCall, answered_by: str, answered_at: float) -> None:
         stream = call.stream
@@ -251,7 +273,7 @@ class OutboundPhones:
         if call.stream is not None:
             call.unplayed_at_hangup = call.stream.buffered_bytes
             call.played_bytes = len(call.stream.played)
-            asyncio.ensure_future(call.stream.stop())
+            self._tasks.spawn(call.stream.stop(), "phone-stream-stop")
 
     def _stream_event(self, call: PhoneCall, kind: str, detail: dict[str, Any]) -> None:
         if kind == "received" and detail.get("event") == "media" and call.first_audio_at is None:

@@ -22,6 +22,7 @@ import asyncio
 import base64
 import binascii
 import inspect
+import logging
 import re
 import secrets
 import xml.etree.ElementTree as ET
@@ -33,10 +34,14 @@ from typing import Any
 
 from aiohttp import web
 
+from callmedia.tasks import TaskSet
+
 from .recording import DualChannelRecorder
 
 API_VERSION = "2010-04-01"
 TERMINAL_STATUSES = frozenset({"completed", "canceled", "failed", "busy", "no-answer"})
+# How long `stop` lets running hooks finish before it cancels them.
+HOOKS_STOP_TIMEOUT_S = 5.0
 
 _CALLS_PATH = re.compile(rf"^/{API_VERSION}/Accounts/(?P<account>[^/]+)/Calls\.json$")
 _CALL_PATH = re.compile(
@@ -236,7 +241,10 @@ class TwilioRestEmulator:
         self.hook_errors: list[BaseException] = []
         self._details: dict[str, dict[str, Any]] = {}
         self._failures: list[_Failure] = []
-        self._hook_tasks: set[asyncio.Task] = set()
+        # Coroutine hooks run here; `stop` re-raises what they raised.
+        self._hooks = TaskSet(
+            "Twilio REST emulator", failure_level=logging.DEBUG, on_failure=self.hook_errors.append
+        )
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
         self._new_request: asyncio.Condition | None = None
@@ -264,10 +272,8 @@ class TwilioRestEmulator:
 
     async def stop(self) -> None:
         """Stop serving, wait for running hooks, and re-raise the first error a hook raised."""
-        if self._hook_tasks:
-            await asyncio.wait(self._hook_tasks, timeout=5)
-            for task in list(self._hook_tasks):
-                task.cancel()
+        await self._hooks.wait(HOOKS_STOP_TIMEOUT_S)
+        self._hooks.cancel()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -661,12 +667,5 @@ class TwilioRestEmulator:
         except Exception as exc:  # a broken hook must not turn into a Twilio 500
             self.hook_errors.append(exc)
             return
-        if inspect.isawaitable(result):
-            task = asyncio.ensure_future(result)
-            self._hook_tasks.add(task)
-            task.add_done_callback(self._hook_done)
-
-    def _hook_done(self, task: asyncio.Task) -> None:
-        self._hook_tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            self.hook_errors.append(task.exception())
+        if inspect.iscoroutine(result):
+            self._hooks.spawn(result, f"twilio-rest-{getattr(hook, '__name__', 'hook')}")

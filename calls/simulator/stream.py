@@ -13,9 +13,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import secrets
+import ssl
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +25,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from callmedia.audio import BYTES_PER_MS, FRAME_BYTES, FRAME_MS, silence
+from callmedia.outbox import Outbox
+from callmedia.tasks import TaskSet
 
 from .wire import (
     connected_message,
@@ -39,6 +43,8 @@ PLAYBACK_BYTES_PER_S = BYTES_PER_MS * 1000
 MAX_BUFFERED_BYTES = 10 * 60 * PLAYBACK_BYTES_PER_S
 DTMF_DIGITS = frozenset("0123456789*#")
 STOP_TIMEOUT_S = 5.0
+# The client's background tasks, by name (the writer is its outbox's).
+RECEIVER, SENDER, PLAYER = "twilio-receiver", "twilio-sender", "twilio-player"
 
 EventCallback = Callable[[str, dict[str, Any]], object]
 AudioTap = Callable[[str, float, bytes], object]
@@ -165,10 +171,13 @@ class TwilioStreamClient:
         caller_audio: bytes | None = None,
         on_event: EventCallback | None = None,
         audio_tap: AudioTap | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         """`audio_tap(track, at, ulaw)` sees the call's audio on the loop's clock: each caller
         frame sent ("inbound") and the agent's audio as it plays ("outbound"), for a
-        recording of the call."""
+        recording of the call. `ssl_context` verifies a wss:// server (default: the system's
+        trust store)."""
+        self.ssl_context = ssl_context
         self.url = url
         self.audio_tap = audio_tap
         self.call_sid = call_sid
@@ -193,11 +202,17 @@ class TwilioStreamClient:
         self._silent_frame = silence(FRAME_MS)
         self._playback = Playback(on_played=self._outbound_played if audio_tap else None)
         self._sequence_number = 0
-        self._outbox: asyncio.Queue[str] = asyncio.Queue()
+        # The only writer, so messages leave in sequenceNumber order.
+        self._outbox: Outbox[str] = Outbox(self._send, name="twilio-writer")
         self._ws: ClientConnection | None = None
         self._start_time: float | None = None
         self._end_time: float | None = None
-        self._tasks: dict[str, asyncio.Task] = {}
+        # A task's error ends the stream and is re-raised to whoever waits on it.
+        self._tasks = TaskSet(
+            f"Twilio stream {self.stream_sid}",
+            failure_level=logging.DEBUG,
+            on_failure=self._task_failed,
+        )
         self._wake_player = asyncio.Event()
         self._closed = asyncio.Event()
         self._hanging_up = False
@@ -207,8 +222,9 @@ class TwilioStreamClient:
 
     async def start(self) -> None:
         """Connect and send ``connected`` and ``start``; then stream until stopped or closed."""
+        tls = {"ssl": self.ssl_context} if self.ssl_context is not None else {}
         self._ws = await connect(
-            self.url, additional_headers=self.headers, compression=None, max_size=None
+            self.url, additional_headers=self.headers, compression=None, max_size=None, **tls
         )
         loop = asyncio.get_running_loop()
         self._start_time = loop.time()
@@ -222,13 +238,10 @@ class TwilioStreamClient:
                 custom_parameters=self.custom_parameters,
             )
         )
-        for name, work in (
-            ("writer", self._write),
-            ("receiver", self._receive),
-            ("sender", self._send_caller_audio),
-            ("player", self._play),
-        ):
-            self._tasks[name] = asyncio.create_task(self._guard(work()), name=f"twilio-{name}")
+        self._outbox.start()
+        self._tasks.spawn(self._receive(), RECEIVER)
+        self._tasks.spawn(self._send_caller_audio(), SENDER)
+        self._tasks.spawn(self._play(), PLAYER)
 
     async def stop(self) -> None:
         """Hang up as the caller does: Twilio sends ``stop``, then closes the WebSocket."""
@@ -236,7 +249,7 @@ class TwilioStreamClient:
             self._raise_failure()
             return
         self._advance_playback()
-        await self._cancel("sender", "player")
+        await self._tasks.close(SENDER, PLAYER)
         self._enqueue(
             stop_message(
                 stream_sid=self.stream_sid,
@@ -246,7 +259,8 @@ class TwilioStreamClient:
             )
         )
         self._hanging_up = True  # nothing may follow the stop
-        await self._flush_outbox()
+        # Send what is queued, the stop last, unless the connection is gone meanwhile.
+        await self._outbox.close(STOP_TIMEOUT_S)
         await self._ws.close()
         await self.wait_closed(STOP_TIMEOUT_S)
 
@@ -254,7 +268,8 @@ class TwilioStreamClient:
         """Cancel every task and close the socket (without ``stop``); re-raise task errors."""
         self._advance_playback()
         self._hanging_up = True
-        await self._cancel(*self._tasks)
+        await self._tasks.close()
+        await self._outbox.stop()
         if self._ws is not None:
             await self._ws.close()
         self._mark_closed()
@@ -378,25 +393,14 @@ class TwilioStreamClient:
 
     # -- background tasks --------------------------------------------------------------------
 
-    async def _guard(self, work: Coroutine[Any, Any, None]) -> None:
-        try:
-            await work
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            self._failures.append(exc)
-            self._mark_closed()
+    def _task_failed(self, error: BaseException) -> None:
+        self._failures.append(error)
+        self._mark_closed()
 
-    async def _write(self) -> None:
-        """The only task that sends, so messages leave in sequenceNumber order."""
-        while True:
-            text = await self._outbox.get()
-            try:
-                await self._ws.send(text)
-            except ConnectionClosed:
-                return  # the receiver notices the close and ends the stream
-            finally:
-                self._outbox.task_done()
+    async def _send(self, text: str) -> None:
+        # A closed connection raises here; the outbox drops what is queued, and the receiver
+        # notices the close and ends the stream.
+        await self._ws.send(text)
 
     async def _send_caller_audio(self) -> None:
         """One inbound frame per 20 ms, scheduled against the start time so it never drifts."""
@@ -431,7 +435,9 @@ class TwilioStreamClient:
         except ConnectionClosed:
             pass
         self.closed_by_server = not self._hanging_up
-        await self._cancel("sender", "player", "writer")
+        await self._tasks.close(SENDER, PLAYER)
+        if not self._hanging_up:  # else `stop` or `aclose` is ending the writer
+            await self._outbox.stop()
         self._mark_closed()
 
     async def _play(self) -> None:
@@ -512,7 +518,7 @@ class TwilioStreamClient:
     def _enqueue(self, text: str, *, log: bool = True) -> None:
         if self._hanging_up or self._closed.is_set():
             return
-        self._outbox.put_nowait(text)
+        self._outbox.post(text)
         if log:
             self._emit("sent", json.loads(text))
 
@@ -538,24 +544,6 @@ class TwilioStreamClient:
             self._end_time = self._now()
             self._closed.set()
             self._emit("closed", {"code": self.close_code, "by_server": self.closed_by_server})
-
-    async def _flush_outbox(self) -> None:
-        """Wait until every queued message is sent, or the connection is gone."""
-        waiters = {
-            asyncio.create_task(self._outbox.join()),
-            asyncio.create_task(self._closed.wait()),
-        }
-        await asyncio.wait(waiters, timeout=STOP_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
-        for waiter in waiters:
-            waiter.cancel()
-        await asyncio.gather(*waiters, return_exceptions=True)
-
-    async def _cancel(self, *names: str) -> None:
-        current = asyncio.current_task()
-        tasks = [self._tasks[n] for n in names if self._tasks.get(n) not in (None, current)]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
     def _raise_failure(self) -> None:
         if self._failures:

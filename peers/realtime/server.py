@@ -30,6 +30,7 @@ class FakeRealtimeServer:
         auto_reply_every_ms: int | None = None,
         session_class: type[FakeSession] = FakeSession,
         vad: bool = False,
+        port: int = 0,
     ) -> None:
         self.script: list[Reply] = list(script or [])
         self.default_reply: Reply = default_reply or Reply()
@@ -38,6 +39,7 @@ class FakeRealtimeServer:
         self.session_class = session_class
         # Hear the caller: speech_started/stopped from the appended audio (peers.realtime.vad).
         self.vad = vad
+        self.port = port  # 0: any free port (`url` says which)
         self.sessions: list[FakeSession] = []
         self.handshakes: list[dict[str, Any]] = []  # every attempt, accepted or not
         # While set, new connections are refused with this HTTP status (an outage).
@@ -57,7 +59,7 @@ class FakeRealtimeServer:
         self._server = await serve(
             self._handle,
             "127.0.0.1",
-            0,
+            self.port,
             process_request=self._check_handshake,
             compression=None,
             max_size=None,

@@ -17,6 +17,7 @@ from calls.simulator.call import (
     SimulationError,
     parse_action,
 )
+from calls.simulator.placed import ANSWERS, PlacedCall
 
 EXAMPLES = """
 examples:
@@ -24,6 +25,9 @@ examples:
   manage.py simulate_call --dtmf 0@6s                      press 0 six seconds in: a transfer
   manage.py simulate_call --say "I want a person" --dtmf "#"   say it when quiet, then press #
   manage.py simulate_call --audio question.wav --record heard.wav
+  manage.py simulate_call --outbound +14155550123 --answered-by machine_end_beep
+                                                           the default agent calls; a machine
+                                                           answers and beeps
 
 While a call runs in a terminal, type keys (0-9 * #) and Enter to press them, any other line
 to say it, or Ctrl-C to hang up.
@@ -104,8 +108,32 @@ class Command(BaseCommand):
             action="store_true",
             help="do not read the transcript from the database the server shares",
         )
+        outbound = parser.add_argument_group(
+            "outbound calls",
+            "An agent places the call (through the server's own service, on the database the"
+            " server shares) and the simulator answers it as Twilio and the phone called.",
+        )
+        outbound.add_argument(
+            "--outbound", metavar="NUMBER", help="the agent calls NUMBER instead of being called"
+        )
+        outbound.add_argument(
+            "--answered-by",
+            choices=list(ANSWERS),
+            default="human",
+            help="how NUMBER answers: Twilio's AnsweredBy verdict, or the call's status when"
+            " nobody answers (%(default)s); a person or machine stays on for --duration",
+        )
+        outbound.add_argument(
+            "--agent",
+            default="",
+            metavar="NAME",
+            help="the agent that calls (default: the default agent)",
+        )
 
     def handle(self, *args, **options) -> None:
+        if options["outbound"]:
+            self._outbound(options)
+            return
         call = SimulatedCall(
             server_url=options["server"],
             to_number=options["to"],
@@ -125,6 +153,32 @@ class Command(BaseCommand):
                 "No script and no terminal input: the caller stays silent. Try --dtmf 0@5s,"
                 ' --say "I want a person" or --dtmf "#" (see --help).'
             )
+        self._run_and_sum_up(call, interactive)
+
+    def _outbound(self, options: dict) -> None:
+        inbound_only = [
+            name
+            for name, given in (
+                ("--dtmf/--say/--audio", options["actions"]),
+                ("--record", options["record"]),
+                ("--record-call", options["record_call"]),
+            )
+            if given
+        ]
+        if inbound_only:
+            raise CommandError(f"{', '.join(inbound_only)}: for inbound calls, not --outbound")
+        call = PlacedCall(
+            to_number=options["outbound"],
+            answered_by=options["answered_by"],
+            agent_name=options["agent"],
+            server_url=options["server"],
+            duration_s=options["duration"],
+            rest_port=options["rest_port"],
+            log=self.stdout.write,
+        )
+        self._run_and_sum_up(call, interactive=False)
+
+    def _run_and_sum_up(self, call: SimulatedCall | PlacedCall, interactive: bool) -> None:
         try:
             result = asyncio.run(self._run(call, interactive))
         except SimulationError as error:
@@ -135,7 +189,7 @@ class Command(BaseCommand):
         if result.errors:
             raise CommandError(f"the call had {len(result.errors)} error(s); see above")
 
-    async def _run(self, call: SimulatedCall, interactive: bool):
+    async def _run(self, call: SimulatedCall | PlacedCall, interactive: bool):
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError):  # no signal handlers on Windows
             loop.add_signal_handler(signal.SIGINT, self._interrupt, call)
@@ -148,7 +202,7 @@ class Command(BaseCommand):
             if interactive:
                 loop.remove_reader(sys.stdin)
 
-    def _interrupt(self, call: SimulatedCall) -> None:
+    def _interrupt(self, call: SimulatedCall | PlacedCall) -> None:
         # The first Ctrl-C hangs up like a caller; a second one stops the command at once.
         asyncio.get_running_loop().remove_signal_handler(signal.SIGINT)
         call.hang_up()
