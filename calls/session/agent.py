@@ -357,6 +357,7 @@ class AgentSession:
                 return None
             if self._model_lost is not None:
                 return self._model_lost
+        await port.flush()  # the stream ended while more seemed to be coming: nothing waits
         return "the model connection ended" if self.backend is backend else None
 
     async def _connect(self) -> Backend:
