@@ -88,9 +88,16 @@ class InFlight:
             calls = list(self._calls.values())
             loop = self._loop
         try:
-            for call_loop, send, scope in calls:
-                if scope["type"] == "websocket":
-                    asyncio.run_coroutine_threadsafe(_close(send), call_loop)
+            closing = [
+                # A server's close frame says 1000 (autobahn refuses 1001 from a server).
+                asyncio.run_coroutine_threadsafe(
+                    send({"type": "websocket.close", "code": 1000}), call_loop
+                )
+                for call_loop, send, scope in calls
+                if scope["type"] == "websocket"
+            ]
+            for sent in closing:
+                sent.result(max(0.0, deadline - time.monotonic()))
             with self._changed:
                 if not self._changed.wait_for(
                     lambda: not self._calls, max(0.0, deadline - time.monotonic())
@@ -106,13 +113,6 @@ class InFlight:
         finally:
             with self._changed:
                 self._settling = False
-
-
-async def _close(send: Any) -> None:
-    try:
-        await send({"type": "websocket.close", "code": 1001})  # 1001: going away
-    except Exception:
-        pass  # already closed: nothing to do
 
 
 @database_sync_to_async
