@@ -28,6 +28,7 @@ import aiohttp
 import pytest
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
+from channels.layers import channel_layers
 
 from agents.models import Agent, TransferTarget
 from calls import security
@@ -183,11 +184,21 @@ def asgi_daphne() -> Iterator[AsgiServer]:
 
 
 @pytest.fixture
-def asgi_server(asgi_daphne: AsgiServer) -> Iterator[AsgiServer]:
+def asgi_server(asgi_daphne: AsgiServer, settings) -> Iterator[AsgiServer]:
     """The suite's server, for one test: at its end, the server has finished the test's
-    calls (before the test's tables are emptied)."""
+    calls (before the test's tables are emptied).
+
+    It shares this process with the test, in another event loop, and both receive on the
+    channel layer (the consumers; a staff action awaiting its reply). channels-redis cannot
+    receive from two loops of one process at once, so these tests use the in-memory layer;
+    the tests that run real daphne processes (test_redis_control, test_multi_process, the
+    deploy recipe, drain and ghost calls) cover Redis.
+    """
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    channel_layers.backends.clear()
     yield asgi_daphne
     asgi_daphne.calls.settle()
+    channel_layers.backends.clear()
 
 
 @pytest.fixture
