@@ -5,7 +5,6 @@ timeout, and the probe that asked gets its answer.
 """
 
 import asyncio
-import threading
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -15,9 +14,11 @@ from django.db import connection
 # A group nobody joins: sending to it is one round trip to the channel layer, and no message.
 PROBE_GROUP = "healthz"
 
-# A database check still running from an earlier probe (a hung database): not started again,
-# so that probes every few seconds do not pile up threads waiting on it.
-_database_check_running = threading.Event()
+# The database ping in flight on this process, if any. Probes that arrive meanwhile (nginx,
+# a deploy script and a monitor may ask at once) wait for that same ping instead of starting
+# another: a hung database then holds one thread, not one per probe, and a probe is never
+# told "down" only because another probe asked first.
+_ping: asyncio.Future[None] | None = None
 
 
 def _database_ping() -> None:
@@ -26,15 +27,21 @@ def _database_ping() -> None:
             cursor.execute("SELECT 1")
     finally:
         connection.close()  # the probe's thread is any of the pool's: leave no connection
-        _database_check_running.clear()
+
+
+def _ping_in_flight() -> asyncio.Future[None]:
+    global _ping
+    if _ping is None or _ping.done() or _ping.get_loop() is not asyncio.get_running_loop():
+        # Not on the thread the views share: a hung database must not hold up the requests.
+        _ping = asyncio.ensure_future(sync_to_async(_database_ping, thread_sensitive=False)())
+        # Every probe that waited may have timed out: the outcome is still collected.
+        _ping.add_done_callback(lambda done: done.cancelled() or done.exception())
+    return _ping
 
 
 async def _check_database(timeout_s: float) -> str:
-    if _database_check_running.is_set():
-        return "an earlier check is still waiting for the database"
-    _database_check_running.set()
-    # Not on the thread the views share: a hung database must not hold up the requests.
-    await asyncio.wait_for(sync_to_async(_database_ping, thread_sensitive=False)(), timeout_s)
+    # Shielded: a probe that gives up does not cancel the ping the others wait for.
+    await asyncio.wait_for(asyncio.shield(_ping_in_flight()), timeout_s)
     return ""
 
 

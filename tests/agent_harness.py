@@ -16,7 +16,9 @@ the token from the TwiML.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -25,6 +27,8 @@ from typing import Any
 import aiohttp
 import pytest
 from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
+from channels.layers import channel_layers
 
 from agents.models import Agent, TransferTarget
 from calls import security
@@ -39,6 +43,92 @@ from .twilio_helpers import ACCOUNT_SID, incoming_params, new_call_sid
 AGENT_NUMBER = "+14155550100"
 RECEPTION_NUMBER = "+14155550199"
 SALES_NUMBER = "+14155550188"
+
+
+class InFlight:
+    """The ASGI calls the in-process server is running, so that a test can end with them.
+
+    The server outlives each test, but what it does for a test must not: a stream the test
+    left open, or one it stopped without waiting, still writes the call's end (in a
+    transaction) while the test's teardown empties the tables; on PostgreSQL the two
+    deadlock and the tables stay full for the next test. `settle()` closes every socket
+    still open, as a peer leaving would, and waits until every call has returned.
+    """
+
+    def __init__(self, application: Any) -> None:
+        self.application = application
+        self._changed = threading.Condition()
+        # id -> (the server's loop, the call's `send`, its scope), while the call runs.
+        self._calls: dict[int, tuple[asyncio.AbstractEventLoop, Any, dict]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._settling = False
+        self._keys = itertools.count()
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if self._settling:
+            await _refuse(scope, receive, send)
+            return
+        key = next(self._keys)
+        loop = asyncio.get_running_loop()
+        with self._changed:
+            self._loop = loop
+            self._calls[key] = (loop, send, scope)
+        try:
+            await self.application(scope, receive, send)
+        finally:
+            with self._changed:
+                del self._calls[key]
+                self._changed.notify_all()
+
+    def settle(self, timeout_s: float = 15.0) -> None:
+        """Close the sockets still open and wait until the server has finished every call,
+        and every database write it queued (from the test's thread, at teardown)."""
+        deadline = time.monotonic() + timeout_s
+        with self._changed:
+            self._settling = True  # a page reconnecting meanwhile is turned away
+            calls = list(self._calls.values())
+            loop = self._loop
+        try:
+            closing = [
+                # A server's close frame says 1000 (autobahn refuses 1001 from a server).
+                asyncio.run_coroutine_threadsafe(
+                    send({"type": "websocket.close", "code": 1000}), call_loop
+                )
+                for call_loop, send, scope in calls
+                if scope["type"] == "websocket"
+            ]
+            for sent in closing:
+                sent.result(max(0.0, deadline - time.monotonic()))
+            with self._changed:
+                if not self._changed.wait_for(
+                    lambda: not self._calls, max(0.0, deadline - time.monotonic())
+                ):
+                    left = [scope.get("path", "") for _, _, scope in self._calls.values()]
+                    raise RuntimeError(f"the server did not finish within {timeout_s}s: {left}")
+            if loop is not None:
+                # A task cancelled while awaiting the database leaves its query running on
+                # the one thread that serves the server's (and the test's) database calls:
+                # anything queued after it runs after it.
+                idle = asyncio.run_coroutine_threadsafe(_database_thread_idle(), loop)
+                idle.result(max(0.0, deadline - time.monotonic()))
+        finally:
+            with self._changed:
+                self._settling = False
+
+
+@database_sync_to_async
+def _database_thread_idle() -> None:
+    """Runs once the database calls queued before it have run."""
+
+
+async def _refuse(scope: dict, receive: Any, send: Any) -> None:
+    """Turn a call away without reaching the project (the server is settling)."""
+    if scope["type"] == "websocket":
+        await receive()  # websocket.connect
+        await send({"type": "websocket.close"})  # before accept: the upgrade gets 403
+    elif scope["type"] == "http":
+        await send({"type": "http.response.start", "status": 503, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
 
 
 class AsgiServer:
@@ -56,8 +146,9 @@ class AsgiServer:
         from voicebot.asgi import application
 
         self.port = free_port()
+        self.calls = InFlight(ASGIStaticFilesHandler(application))
         self.server = Server(
-            ASGIStaticFilesHandler(application),
+            self.calls,
             endpoints=[f"tcp:port={self.port}:interface=127.0.0.1"],
             signal_handlers=False,  # not the main thread
             verbosity=0,
@@ -85,11 +176,29 @@ class AsgiServer:
 
 
 @pytest.fixture(scope="session")
-def asgi_server() -> Iterator[AsgiServer]:
+def asgi_daphne() -> Iterator[AsgiServer]:
     server = AsgiServer()
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def asgi_server(asgi_daphne: AsgiServer, settings) -> Iterator[AsgiServer]:
+    """The suite's server, for one test: at its end, the server has finished the test's
+    calls (before the test's tables are emptied).
+
+    It shares this process with the test, in another event loop, and both receive on the
+    channel layer (the consumers; a staff action awaiting its reply). channels-redis cannot
+    receive from two loops of one process at once, so these tests use the in-memory layer;
+    the tests that run real daphne processes (test_redis_control, test_multi_process, the
+    deploy recipe, drain and ghost calls) cover Redis.
+    """
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    channel_layers.backends.clear()
+    yield asgi_daphne
+    asgi_daphne.calls.settle()
+    channel_layers.backends.clear()
 
 
 @pytest.fixture

@@ -48,6 +48,20 @@ def server_environment(**overrides: str) -> dict[str, str]:
 
 
 @contextmanager
+def logs_shown_on_failure(*log_paths: Path, lines: int = 200) -> Iterator[None]:
+    """If the block fails, print the end of each server log (pytest shows it with the
+    failure): a server's answer of HTTP 500 says nothing of why, its traceback does."""
+    try:
+        yield
+    except BaseException:
+        for path in log_paths:
+            text = path.read_text(errors="replace").splitlines() if path.exists() else []
+            print(f"----- {path.name}, its last {lines} lines -----")
+            print("\n".join(text[-lines:]))
+        raise
+
+
+@contextmanager
 def daphne(log_path: Path, **overrides: str) -> Iterator[str]:
     """Serve the project with daphne on a free port; yields its http base URL.
 

@@ -40,6 +40,9 @@ HEARD_TOLERANCE_MS = 60
 # The server-side figure (speech_started read -> clear queued) is checked against 5 ms.
 END_TO_END_CLEAR_S = 0.05
 SERVER_CLEAR_MS = 5
+# How far ahead of real time the fake model streams where a test needs Twilio's buffer never
+# to run dry: more than the server's thread stalls on a loaded machine.
+STREAM_LEAD_MS = 200
 
 
 @pytest.fixture
@@ -104,7 +107,13 @@ async def test_barge_in_cancels_an_answer_the_model_is_still_streaming(asgi_serv
     await make_agent()
     live = await start_call(asgi_server, rest, realtime)
     model = live.model
-    response = await model.reply(transcript="Let me tell you a long story.", audio_ms=3000)
+    # A little ahead of real time, as the real service streams: with every delta sent just
+    # in time, a hiccup of the server's thread empties Twilio's buffer with audio the server
+    # already stamped with the stream time it had not caught up on, a gap no estimate from
+    # the stream clock can see before the next mark echoes (see the stalled test below).
+    response = await model.reply(
+        transcript="Let me tell you a long story.", audio_ms=3000, lead_ms=STREAM_LEAD_MS
+    )
     await live.played_at_least(600)
 
     await model.speech_started(interrupt=False)  # the model would stream on by itself
@@ -120,6 +129,32 @@ async def test_barge_in_cancels_an_answer_the_model_is_still_streaming(asgi_serv
     assert response.audio_ms_sent < 1200
     assert live.played_ms == heard_ms
     assert abs(model.truncations[0]["audio_end_ms"] - heard_ms) <= HEARD_TOLERANCE_MS
+    await finish(live)
+
+
+async def test_barge_in_truncates_an_answer_stalled_after_all_its_audio_so_far_played(
+    asgi_server, realtime, rest
+):
+    # The model fell behind real time: everything it sent has played and Twilio's buffer is
+    # empty, but the answer is not over. The model has more of it than the caller heard.
+    await make_agent()
+    live = await start_call(asgi_server, rest, realtime)
+    model = live.model
+    response = await model.reply(
+        transcript="Let me tell you a long story.", audio_ms=3000, stall_after_ms=400
+    )
+    await live.played_at_least(400)
+
+    await model.speech_started(interrupt=False)
+    await model.wait_for(lambda: model.cancels)
+    await live.twilio.wait_for(lambda: live.twilio.clears, 2, "clear")
+    [truncation] = await model.wait_for(lambda: model.truncations)
+
+    assert response.status == "cancelled"
+    assert truncation["item_id"] == response.item_id
+    assert abs(truncation["audio_end_ms"] - live.played_ms) <= HEARD_TOLERANCE_MS
+    [line] = await live.wait_until(live.transcript, what="agent transcript")
+    assert (line.speaker, line.interrupted) == (Speaker.AGENT, True)
     await finish(live)
 
 

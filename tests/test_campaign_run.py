@@ -22,7 +22,7 @@ from campaigns import services
 from campaigns.models import Campaign, Contact, ContactState, DoNotCall
 from peers.realtime import FakeRealtimeServer, Reply
 
-from .servers import daphne
+from .servers import daphne, logs_shown_on_failure
 
 pytestmark = [pytest.mark.redis, pytest.mark.django_db(transaction=True)]
 
@@ -100,34 +100,35 @@ async def test_a_campaign_of_50_numbers_across_two_processes(redis_url, tmp_path
     campaign = await create_campaign()
     greeting = Reply(transcript="Hello.", audio_ms=500)
     phones = OutboundPhones(servers=[], answers=ANSWERS)
-    async with FakeRealtimeServer(default_reply=greeting) as model, phones:
-        env = {
-            "REDIS_URL": redis_url,
-            "OPENAI_REALTIME_URL": model.url,
-            "TWILIO_API_BASE_URL": phones.base_url,
-            "CAMPAIGN_DIALLER": "true",
-            "CAMPAIGN_DIALLER_INTERVAL_SECONDS": "0.3",
-            "AMD_WAIT_SECONDS": "4",
-            # A failure can reach a server before the dialler has recorded the call (as with
-            # Twilio): the reconciler asks Twilio about calls with no news, as in production.
-            "CALL_RECONCILER": "true",
-            "RECONCILE_INTERVAL_SECONDS": "1",
-            "RECONCILE_UNANSWERED_GRACE_SECONDS": "2",
-        }
-        with (
-            daphne(tmp_path / "a.log", **env) as server_a,
-            daphne(tmp_path / "b.log", **env) as server_b,
-        ):
-            phones.servers = [server_a, server_b]
-            deadline = asyncio.get_running_loop().time() + 120
-            while True:
-                figures = await progress(campaign)
-                # Everyone in hours is done; Sydney waits for its hours.
-                if figures["done"] == 45 and figures["dialling"] == 0:
-                    break
-                assert asyncio.get_running_loop().time() < deadline, (figures, phones.peak)
-                await asyncio.sleep(0.5)
-            await asyncio.sleep(1.0)  # nothing more is dialled
+    with logs_shown_on_failure(tmp_path / "a.log", tmp_path / "b.log"):
+        async with FakeRealtimeServer(default_reply=greeting) as model, phones:
+            env = {
+                "REDIS_URL": redis_url,
+                "OPENAI_REALTIME_URL": model.url,
+                "TWILIO_API_BASE_URL": phones.base_url,
+                "CAMPAIGN_DIALLER": "true",
+                "CAMPAIGN_DIALLER_INTERVAL_SECONDS": "0.3",
+                "AMD_WAIT_SECONDS": "4",
+                # A failure can reach a server before the dialler has recorded the call (as with
+                # Twilio): the reconciler asks Twilio about calls with no news, as in production.
+                "CALL_RECONCILER": "true",
+                "RECONCILE_INTERVAL_SECONDS": "1",
+                "RECONCILE_UNANSWERED_GRACE_SECONDS": "2",
+            }
+            with (
+                daphne(tmp_path / "a.log", **env) as server_a,
+                daphne(tmp_path / "b.log", **env) as server_b,
+            ):
+                phones.servers = [server_a, server_b]
+                deadline = asyncio.get_running_loop().time() + 120
+                while True:
+                    figures = await progress(campaign)
+                    # Everyone in hours is done; Sydney waits for its hours.
+                    if figures["done"] == 45 and figures["dialling"] == 0:
+                        break
+                    assert asyncio.get_running_loop().time() < deadline, (figures, phones.peak)
+                    await asyncio.sleep(0.5)
+                await asyncio.sleep(1.0)  # nothing more is dialled
     calls_by_number = Counter(call.to for call in phones.calls.values())
     by_number = await contacts(campaign)
     outcomes = Counter(call.answer.kind for call in phones.calls.values())

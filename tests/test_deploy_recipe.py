@@ -41,6 +41,7 @@ from .deploy_site import (
     self_signed_certificate,
     unit_settings,
 )
+from .desks import GREETING_TEXT, desk_of, greetings
 from .servers import ScratchDatabase, server_environment
 
 pytestmark = [pytest.mark.nginx, pytest.mark.redis]
@@ -55,7 +56,6 @@ DRAIN_DEADLINE_S = getattr(settings, "DRAIN_DEADLINE_SECONDS", 30)
 # Calls live through the rolling restart, each on an agent of its own (the OpenAI backend,
 # played by peers.realtime on a port the processes know from the start).
 LIVE_CALLS = 4
-GREETING_TEXT = "Hello, this is the front desk."
 # The longest the caller's line may carry nothing while a call moves to another process.
 SILENCE_TARGET_S = 1.5
 
@@ -383,19 +383,6 @@ async def test_rolling_restart_restarts_each_process_in_turn_while_every_call_go
     with site.showing_logs():
         async with realtime, rest:
             await rolling_restart_during_calls(site, realtime, rest)
-
-
-def desk_of(session) -> int:
-    return int(session.config["instructions"].split("number ")[1].rstrip("."))
-
-
-def greetings(session) -> int:
-    return sum(
-        1
-        for e in session.client_events
-        if e["type"] == "response.create"
-        and GREETING_TEXT in (e.get("response") or {}).get("instructions", "")
-    )
 
 
 async def exchange(session, caller: str, agent: str) -> None:

@@ -28,6 +28,7 @@ from calls.simulator.rest import TwilioRestEmulator
 from calls.simulator.stream import TwilioStreamClient
 from peers.realtime import FakeRealtimeServer, Reply
 
+from .desks import GREETING_TEXT, desk_of, greetings
 from .servers import daphne_process
 from .twilio_helpers import ACCOUNT_SID
 
@@ -36,7 +37,6 @@ pytestmark = [pytest.mark.redis, pytest.mark.realtime, pytest.mark.django_db(tra
 
 CALLS = 5
 DRAIN_DEADLINE_S = 10
-GREETING_TEXT = "Hello, this is the front desk."
 SILENCE_TARGET_S = 1.5
 
 
@@ -53,19 +53,6 @@ def create_agents() -> None:
             instructions=f"You are desk number {n}.",
             greeting=GREETING_TEXT,
         )
-
-
-def desk_of(session) -> int:
-    return int(session.config["instructions"].split("number ")[1].rstrip("."))
-
-
-def greetings(session) -> int:
-    return sum(
-        1
-        for e in session.client_events
-        if e["type"] == "response.create"
-        and GREETING_TEXT in (e.get("response") or {}).get("instructions", "")
-    )
 
 
 async def sessions_by_desk(realtime, count: int, timeout: float) -> dict[int, object]:

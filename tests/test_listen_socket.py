@@ -177,6 +177,14 @@ async def test_take_over_silences_the_agent_and_hand_back_tells_the_model(
         assert "Is anyone there?" in context
         model.queue_reply(transcript="I'm back.", audio_ms=200)
         assert await model.caller_turn("Hello?") is not None
+        # The staff member is told once the stream has confirmed; the model may hear the
+        # hand-back before that, and the event is written between the two.
+        await ear.wait_for(lambda: len([m for m in ear.messages if m["type"] == "result"]) >= 2)
+        assert [m for m in ear.messages if m["type"] == "result"][1] == {
+            "type": "result",
+            "action": "hand_back",
+            "error": "",
+        }
         await ws.close()
     kinds = {(e.kind, u) async for e, u in _events_with_users(call)}
     assert {("take_over", "boss"), ("hand_back", "boss")} <= kinds

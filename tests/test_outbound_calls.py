@@ -1,16 +1,23 @@
 """Placing calls: Twilio's REST create, with our answer webhook and status callbacks."""
 
+import threading
+import time
+
 import pytest
 from asgiref.sync import sync_to_async
 from django.core.management import CommandError, call_command
+from django.db import connection, transaction
 
 from calls import services
 from calls.models import Call, Direction
 from calls.simulator.rest import TwilioRestEmulator
 
-from .twilio_helpers import incoming_params, signed_post
+from .twilio_helpers import ACCOUNT_SID, incoming_params, new_call_sid, signed_post
 
 pytestmark = pytest.mark.django_db(transaction=True)
+on_postgresql = pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="needs DATABASE_URL pointing at PostgreSQL"
+)
 
 
 @pytest.fixture
@@ -49,6 +56,74 @@ async def test_when_answered_the_call_streams_to_the_agent_that_placed_it(client
     response = await sync_to_async(signed_post)(client, "/twilio/voice/incoming", params)
     assert b"<Stream" in response.content
     assert (await Call.objects.aget(sid=call.sid)).agent_id == agent.id
+
+
+def waiting_on_a_lock() -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        return cursor.fetchone()[0] > 0
+
+
+@on_postgresql
+def test_the_answer_webhook_racing_the_record_of_a_placed_call_answers_it(agent):
+    """Twilio may fetch a placed call's TwiML while the process that placed it is still
+    recording it (it can only once Twilio has given the call's sid): the webhook must answer
+    that call, not fail on the row the other transaction is inserting."""
+    sid = new_call_sid()
+    inserted, release = threading.Event(), threading.Event()
+    answered: dict = {}
+
+    def record_placed_call() -> None:
+        try:
+            with transaction.atomic():
+                Call.objects.create(
+                    sid=sid,
+                    account_sid=ACCOUNT_SID,
+                    direction=Direction.OUTBOUND,
+                    from_number="+14155550100",
+                    to_number="+14155550177",
+                    agent=agent,
+                )
+                inserted.set()
+                release.wait(10)
+        finally:
+            connection.close()
+
+    def answer() -> None:
+        try:
+            answered["twiml"] = services.call_answer(
+                call_sid=sid,
+                account_sid=ACCOUNT_SID,
+                from_number="+14155550100",
+                to_number="+14155550177",
+                direction="outbound-api",
+                status="in-progress",
+            )
+        except Exception as error:
+            answered["error"] = error
+        finally:
+            connection.close()
+
+    placer = threading.Thread(target=record_placed_call)
+    placer.start()
+    assert inserted.wait(10)
+    webhook = threading.Thread(target=answer)
+    webhook.start()
+    # The webhook's insert of the same sid waits for the placing transaction to end.
+    deadline = time.monotonic() + 10
+    while not waiting_on_a_lock() and webhook.is_alive():
+        assert time.monotonic() < deadline, "the webhook never waited for the placed call"
+        time.sleep(0.01)
+    release.set()
+    placer.join(10)
+    webhook.join(10)
+    assert "error" not in answered, repr(answered.get("error"))
+    assert "<Stream" in answered["twiml"]
+    call = Call.objects.get(sid=sid)
+    assert (call.direction, call.agent_id) == (Direction.OUTBOUND, agent.id)
 
 
 @pytest.mark.parametrize("number", ["12345", "+1415555", "call me maybe"])

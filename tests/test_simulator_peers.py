@@ -10,14 +10,18 @@ import json
 
 import aiohttp
 import pytest
+from aiohttp import web
+from django.conf import settings
 from twilio.base.exceptions import TwilioRestException
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.rest import Client
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
+from calls.simulator.call import SimulatedCall
 from calls.simulator.rest import TwilioRestEmulator
 from calls.simulator.stream import Playback, TwilioStreamClient
+from peers.ports import free_port
 
 ACCOUNT_SID = "AC" + "a" * 32
 CALL_SID = "CA" + "b" * 32
@@ -578,3 +582,78 @@ async def test_a_failing_callback_is_reraised(server):
         await client.wait_for(lambda: False, timeout=2)
     with pytest.raises(RuntimeError, match="log is broken"):
         await client.aclose()
+
+
+# --- A whole simulated call, against a small stand-in for our server ----------------------
+
+
+async def test_a_slow_answer_to_the_last_recording_callback_is_still_read(tmp_path):
+    """Twilio reports a recording `completed` as the call is hung up; the simulated call
+    must keep its HTTP session open until the server has answered, however slowly."""
+    rest_port = free_port()
+    statuses: list[str] = []
+    callback_path = "/twilio/recording/status"
+
+    async def incoming(request: web.Request) -> web.Response:
+        stream = f"ws://{request.host}/twilio/stream"
+        return web.Response(
+            text=f'<Response><Connect><Stream url="{stream}"/></Connect></Response>'
+        )
+
+    async def accepted(request: web.Request) -> web.Response:
+        return web.Response(status=204)
+
+    async def rest(http: aiohttp.ClientSession, path: str, form: dict) -> None:
+        url = f"http://127.0.0.1:{rest_port}/2010-04-01/Accounts/{settings.TWILIO_ACCOUNT_SID}"
+        auth = aiohttp.BasicAuth(settings.TWILIO_ACCOUNT_SID, settings.TWILIO_AUTH_TOKEN)
+        async with http.post(url + path, data=form, auth=auth) as response:
+            assert response.status < 300, await response.text()
+
+    async def stream(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for message in ws:
+            event = json.loads(message.data)
+            if event["event"] == "start":
+                call_sid = event["start"]["callSid"]
+                callback = f"http://{request.host}{callback_path}"
+                async with aiohttp.ClientSession() as http:
+                    form = {"RecordingStatusCallback": callback, "RecordingChannels": "dual"}
+                    await rest(http, f"/Calls/{call_sid}/Recordings.json", form)
+                    await asyncio.sleep(0.3)  # something to record
+                    await rest(http, f"/Calls/{call_sid}.json", {"Status": "completed"})
+        return ws
+
+    async def recording_status(request: web.Request) -> web.Response:
+        await asyncio.sleep(0.5)  # a busy server; the call has long been over by now
+        statuses.append((await request.post())["RecordingStatus"])
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/twilio/voice/incoming", incoming)
+    app.router.add_post("/twilio/voice/status", accepted)
+    app.router.add_post("/twilio/stream/status", accepted)
+    app.router.add_get("/twilio/stream", stream)
+    app.router.add_post(callback_path, recording_status)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        call = SimulatedCall(
+            server_url=url,
+            public_url=url,
+            to_number="+14155550100",
+            rest_port=rest_port,
+            duration_s=10,
+            call_recording_path=tmp_path / "call.wav",
+            log=lambda line: None,
+        )
+        result = await call.run()
+    finally:
+        await runner.cleanup()
+
+    assert result.end_reason == "hangup", result.end_detail
+    assert statuses == ["completed"]
+    assert result.errors == []

@@ -56,7 +56,7 @@ async def stream(quiet_agent, realtime, rest):
     call_sid, token = await answer_call()
     twilio = TwilioTestStream(call_sid=call_sid, token=token)
     await twilio.open()
-    await realtime.wait_for_session()
+    await realtime.wait_for_session(configured=True)
     yield twilio
     await twilio.disconnect()
 
@@ -175,7 +175,7 @@ async def test_a_valid_start_is_not_timed_out(quiet_agent, realtime, settings):
     call_sid, token = await answer_call()
     twilio = TwilioTestStream(call_sid=call_sid, token=token)
     await twilio.open()
-    session = await realtime.wait_for_session()
+    session = await realtime.wait_for_session(configured=True)
     assert await twilio.nothing_received(timeout=1.5)
     await twilio.media(count=2)
     await session.wait_for(lambda: session.appended_bytes >= 2 * audio.FRAME_BYTES)

@@ -98,7 +98,7 @@ async def fuzzed(asgi_server: AsgiServer, realtime, rest, caplog):
                 custom_parameters={"token": token},
             )
         )
-        model = await realtime.wait_for_session()
+        model = await realtime.wait_for_session(configured=True)
         stream = FuzzedStream(ws=ws, stream_sid=stream_sid, call_sid=call_sid, model=model)
         reader = asyncio.create_task(stream.read())
         with caplog.at_level(logging.WARNING):

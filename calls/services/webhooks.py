@@ -4,7 +4,7 @@ its <Connect> or <Dial> ended."""
 import logging
 from datetime import datetime
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from agents.models import Agent
@@ -59,26 +59,20 @@ def call_answer(
     replay, and a stream would reopen the finished call.
     """
     with transaction.atomic():
-        call = Call.objects.select_for_update().filter(sid=call_sid).first()
-        if call is not None and not call.is_live:
+        call, created = _call_locked_or_created(
+            call_sid=call_sid,
+            account_sid=account_sid,
+            from_number=from_number,
+            to_number=to_number,
+            direction=direction,
+            status=status,
+        )
+        if not created and not call.is_live:
             call_event_record(
                 call=call, kind="answer_refused", actor=Actor.TWILIO, data={"status": call.status}
             )
             logger.warning("Call %s has ended (%s): answered <Hangup/>", call_sid, call.status)
             return twiml.hangup()
-        created = call is None
-        if created:
-            is_outbound = direction.startswith("outbound")
-            agent_number = from_number if is_outbound else to_number
-            call = Call(
-                sid=call_sid,
-                account_sid=account_sid,
-                direction=Direction.OUTBOUND if is_outbound else Direction.INBOUND,
-                from_number=from_number,
-                to_number=to_number,
-                agent=Agent.objects.for_number(agent_number),
-                status=status if status in STATUS_RANK else CallStatus.RINGING,
-            )
         if call.agent_id is None:
             call.end_reason = EndReason.NO_AGENT
             call.save()
@@ -98,6 +92,47 @@ def call_answer(
         )
         call_broadcast(call)
     return twiml.connect_stream(token=token)
+
+
+def _call_locked_or_created(
+    *,
+    call_sid: str,
+    account_sid: str,
+    from_number: str,
+    to_number: str,
+    direction: str,
+    status: str,
+) -> tuple[Call, bool]:
+    """The call's row, locked until the transaction ends; or a new one. True if new.
+
+    A call we place is recorded by the process that placed it once Twilio has given its
+    sid, and Twilio may ask for its TwiML meanwhile, at any process: the two inserts of the
+    same sid race. The loser (on PostgreSQL, after waiting for the winner's commit) takes
+    the winner's row, as if it had found it first.
+    """
+    call = Call.objects.select_for_update().filter(sid=call_sid).first()
+    if call is not None:
+        return call, False
+    is_outbound = direction.startswith("outbound")
+    agent_number = from_number if is_outbound else to_number
+    call = Call(
+        sid=call_sid,
+        account_sid=account_sid,
+        direction=Direction.OUTBOUND if is_outbound else Direction.INBOUND,
+        from_number=from_number,
+        to_number=to_number,
+        agent=Agent.objects.for_number(agent_number),
+        status=status if status in STATUS_RANK else CallStatus.RINGING,
+    )
+    try:
+        with transaction.atomic():  # a savepoint: losing the race leaves ours usable
+            call.save(force_insert=True)
+    except IntegrityError:
+        found = Call.objects.select_for_update().filter(sid=call_sid).first()
+        if found is None:
+            raise  # not the sid's uniqueness
+        return found, False
+    return call, True
 
 
 def _end_reason(call: Call, status: str) -> str:

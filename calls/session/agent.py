@@ -688,7 +688,18 @@ class AgentSession:
         return True
 
     def _truncate(self, cut: dict[str, int]) -> dict[str, int]:
-        """Truncate each model item a clear cut short; return {item_id: audio_end_ms}."""
+        """Truncate each model item a clear cut short; return {item_id: audio_end_ms}.
+
+        `cut` is what the port knows: the items whose audio was not all heard. The item the
+        model is still streaming was cut short too even when everything of it that reached
+        Twilio has played (a model streaming at about real time keeps Twilio's buffer a
+        frame deep, or empty): the model has generated more of it than the caller heard.
+        """
+        if self._active_response is not None:
+            for item in self._items.values():
+                streaming = item.response_id == self._active_response and not item.audio_done
+                if streaming and item.has_audio and item.heard_ms is None:
+                    cut.setdefault(item.id, self.port.heard_ms(item.id))
         truncated = {}
         for item_id, heard_ms in cut.items():
             item = self._items.get(item_id)

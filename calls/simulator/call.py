@@ -356,18 +356,20 @@ class SimulatedCall:
         if self._owns_rest:
             await rest_emulator_start(self.rest)
         self._warn_if_server_talks_elsewhere()
-        try:
-            async with aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S),
-                connector=aiohttp.TCPConnector(ssl=self.ssl_context or True),
-            ) as self._http:
+        async with aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S),
+            connector=aiohttp.TCPConnector(ssl=self.ssl_context or True),
+        ) as self._http:
+            try:
                 await self._call()
-        finally:
-            await self._tasks.close()
-            if self.stream is not None:
-                await self._close_stream()
-            if self._owns_rest:
-                await self.rest.stop()
+            finally:
+                await self._tasks.close()
+                if self.stream is not None:
+                    await self._close_stream()
+                # The emulator's last callbacks (a recording's `completed`, sent as the call
+                # is hung up) go through this session: it stays open until they are answered.
+                if self._owns_rest:
+                    await self.rest.stop()
         self.result.duration_s = loop.time() - self._started_at
         return self.result
 

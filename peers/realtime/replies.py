@@ -61,6 +61,10 @@ class Reply:
     `audio` is raw mu-law; when None, a tone of `audio_ms` is generated (0 = no audio).
     `function_call` is `(name, arguments)` and is emitted after the audio.
     `pace` is "realtime" (20 ms deltas at 50/s, drift-free) or "burst" (as fast as possible).
+    `lead_ms` (realtime pace): how far ahead of real time the model streams, as the real
+    service does; 0 sends each delta just in time, so any hiccup on the way empties Twilio's
+    buffer. `stall_after_ms`: the model falls behind after this much audio and sends nothing
+    more of the reply until it is cancelled.
     """
 
     transcript: str = "Okay."
@@ -68,6 +72,8 @@ class Reply:
     audio_ms: int = DEFAULT_REPLY_AUDIO_MS
     function_call: tuple[str, dict[str, Any]] | None = None
     pace: str = "realtime"
+    lead_ms: int = 0
+    stall_after_ms: int | None = None
 
     def __post_init__(self) -> None:
         if self.pace not in PACES:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .conversation import Conversation, Item, new_id
-from .replies import FRAME_S, MULAW_BYTES_PER_MS, Reply
+from .replies import FRAME_MS, FRAME_S, MULAW_BYTES_PER_MS, Reply
 from .sender import EventSender
 from .session_config import SessionConfig
 from .wire import dumps
@@ -184,12 +184,15 @@ class Responder:
         send = self._sender.ws.send
         loop = asyncio.get_running_loop()
         realtime = reply.pace == "realtime"
+        lead_frames = reply.lead_ms // FRAME_MS
+        if reply.stall_after_ms is not None:
+            n_frames = min(n_frames, reply.stall_after_ms // FRAME_MS)
         started = loop.time()
         i = 0
         while i < n_frames:
             due = n_frames
             if realtime:
-                due = min(n_frames, int((loop.time() - started) / FRAME_S) + 1)
+                due = min(n_frames, int((loop.time() - started) / FRAME_S) + 1 + lead_frames)
             while i < due:
                 while response._pieces_sent < len(pieces) and piece_at[response._pieces_sent] <= i:
                     await self._send_transcript_delta(response, output_index)
@@ -204,7 +207,9 @@ class Responder:
                     await asyncio.sleep(0)
             self._on_change()
             if i < n_frames:
-                await asyncio.sleep(started + i * FRAME_S - loop.time())
+                await asyncio.sleep(started + (i - lead_frames) * FRAME_S - loop.time())
+        if reply.stall_after_ms is not None:
+            await asyncio.Event().wait()  # until the cancel stops this task
         while response._pieces_sent < len(pieces):
             await self._send_transcript_delta(response, output_index)
 

@@ -90,8 +90,13 @@ class FakeRealtimeServer:
         timeout: float = 5.0,
         *,
         index: int | None = None,
+        configured: bool = False,
     ) -> FakeSession:
-        """The session at `index`, or else the next one not yet returned by this method."""
+        """The session at `index`, or else the next one not yet returned by this method.
+
+        `configured`: once the client's first session.update is in, that is once the bridge
+        is hearing the caller (audio before that is not the model's to hear).
+        """
         wanted = self._session_cursor if index is None else index
         async with asyncio.timeout(timeout):
             while len(self.sessions) <= wanted:
@@ -99,7 +104,10 @@ class FakeRealtimeServer:
                 await self._session_added.wait()
         if index is None:
             self._session_cursor += 1
-        return self.sessions[wanted]
+        session = self.sessions[wanted]
+        if configured:
+            await session.wait_for(lambda: session.session_updates, timeout)
+        return session
 
     def _check_handshake(self, connection: ServerConnection, request: Request) -> Response | None:
         parts = urlsplit(request.path)
