@@ -196,6 +196,7 @@ def snapshot() -> dict[str, Any]:
                 "name": target.name,
                 "number": str(target.phone_number),
                 "is_default": target.is_default,
+                "mode": target.mode,  # cold or warm: staff see which before they transfer
             }
         )
     return {

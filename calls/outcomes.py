@@ -5,6 +5,8 @@ answering-machine feature writes the last two):
 
 - `transfer` (a transfer was put through) and `transfer_ended` {"dial_status": Twilio's
   DialCallStatus from the <Dial action>: completed/answered, busy, no-answer, failed, canceled};
+- `transfer_returned` (nobody took the transfer: the caller went back to the agent, and the
+  transfer before it no longer decides the outcome);
 - `agent_error` {"failure": …} (the model failed mid-call);
 - `limit_reached` {"limit": …} (max call length or idle timeout);
 - `amd_result` {"answered_by": Twilio's AnsweredBy: human, machine_start, machine_end_beep,
@@ -20,7 +22,15 @@ from .models import TERMINAL_STATUSES, CallStatus, EndReason, Outcome
 
 # The event kinds `outcome_derive` reads; the service loads only these.
 OUTCOME_EVENT_KINDS = frozenset(
-    {"transfer", "transfer_ended", "agent_error", "limit_reached", "amd_result", "voicemail_left"}
+    {
+        "transfer",
+        "transfer_ended",
+        "transfer_returned",
+        "agent_error",
+        "limit_reached",
+        "amd_result",
+        "voicemail_left",
+    }
 )
 # Twilio's AnsweredBy values that mean a machine (or a fax) took the call.
 MACHINE_ANSWERS = frozenset(
@@ -63,6 +73,10 @@ def outcome_derive(
         kinds[kind] = data  # the last of each kind counts
         if kind == "amd_result" and str(data.get("answered_by", "")) in MACHINE_ANSWERS:
             machine = True
+        if kind == "transfer_returned":
+            # The caller came back: only a transfer after this one decides the outcome.
+            kinds.pop("transfer", None)
+            kinds.pop("transfer_ended", None)
 
     if "voicemail_left" in kinds:
         return Derived(Outcome.VOICEMAIL, "a message was left")

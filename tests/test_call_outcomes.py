@@ -56,6 +56,18 @@ def test_a_transfer_nobody_answered(dial_status, words):
     assert (derived.outcome, derived.detail) == (Outcome.TRANSFER_UNANSWERED, words)
 
 
+def test_a_transfer_nobody_took_does_not_decide_the_outcome_once_the_caller_is_back():
+    returned = [
+        ("transfer", {"target": "sales"}),
+        ("transfer_returned", {"dial_status": "busy"}),
+    ]
+    assert derive(end_reason=EndReason.AGENT_ENDED, events=returned).outcome == Outcome.RESOLVED
+    # Put through again afterwards, and answered: that transfer counts.
+    again = [*returned, ("transfer", {}), ("transfer_ended", {"dial_status": "completed"})]
+    derived = derive(end_reason=EndReason.TRANSFERRED, events=again)
+    assert (derived.outcome, derived.detail) == (Outcome.TRANSFERRED, "the person answered")
+
+
 def test_a_transfer_whose_dial_result_never_came_says_so():
     derived = derive(end_reason=EndReason.TRANSFERRED, events=[("transfer", {})])
     assert derived.outcome == Outcome.TRANSFERRED

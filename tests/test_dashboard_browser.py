@@ -117,7 +117,9 @@ async def test_staff_watch_calls_and_steer_them(
     OUTPUT_DIR.mkdir(exist_ok=True)
     await page.screenshot(path=OUTPUT_DIR / "live-calls.png", full_page=True)
 
-    # Transfer the first call to sales: Twilio gets the <Dial>.
+    # Transfer the first call to sales: Twilio gets the <Dial>. Each target says its mode.
+    sales = card.get_by_label("Transfer target").locator('option[value="sales"]')
+    await expect(sales).to_have_text(f"sales ({SALES_NUMBER}, cold)")
     await card.get_by_label("Transfer target").select_option("sales")
     await card.get_by_role("button", name="Transfer").click()
     dial = await rest.wait_for_request(lambda r: r.call_sid == first.call_sid and r.twiml)

@@ -106,7 +106,9 @@ async def test_staff_get_a_snapshot_of_the_live_calls(agent):
     assert (call["id"], call["sid"], call["agent"]) == (str(live.pk), live.sid, "Front desk")
     assert [line["text"] for line in call["transcript"]] == ["Hello, how can I help?"]
     assert snapshot["targets"] == {
-        str(agent.pk): [{"name": "reception", "number": "+14155550199", "is_default": True}]
+        str(agent.pk): [
+            {"name": "reception", "number": "+14155550199", "is_default": True, "mode": "cold"}
+        ]
     }
 
 

@@ -154,6 +154,62 @@ async def test_pressing_0_transfers_to_the_default_target(server):
     assert row["status"] == "completed"
 
 
+@pytest.mark.realtime
+@pytest.mark.parametrize("mode", ["cold", "warm"])
+async def test_a_transfer_nobody_takes_brings_the_caller_back_to_the_agent(server, mode):
+    server.database.execute("UPDATE agents_transfertarget SET mode = %s", [mode])
+    try:
+        lines: list[str] = []
+        call = simulated(
+            server,
+            actions=[parse_action("dtmf", "0@1.5s")],
+            duration_s=6,
+            dial_outcome="busy" if mode == "cold" else "reject",
+            lines=lines,
+        )
+        result = await call.run()
+    finally:
+        server.database.execute("UPDATE agents_transfertarget SET mode = %s", ["cold"])
+
+    assert result.errors == [], result.errors
+    assert result.end_reason == "duration", result.end_detail  # still on the line at the end
+    assert result.transferred_to is None
+    assert len(result.streams) == 2 and len(result.stream_gaps_s) == 1, lines
+    assert any("back with the agent" in line for line in lines), lines
+    if mode == "warm":
+        assert any("  whisper to " in line for line in lines), lines
+    row = server.call_row(result.call_sid)
+    assert row["end_reason"] != "transferred" and row["transferred_to"] == ""
+    kinds = server.event_kinds(result.call_sid)
+    assert kinds.index("transfer") < kinds.index("transfer_returned") < kinds.index("resumed")
+
+
+@pytest.mark.realtime
+async def test_a_warm_transfer_the_person_accepts_is_theirs(server):
+    server.database.execute("UPDATE agents_transfertarget SET mode = %s", ["warm"])
+    try:
+        lines: list[str] = []
+        call = simulated(
+            server, actions=[parse_action("dtmf", "0@1.5s")], duration_s=20, lines=lines
+        )
+        result = await call.run()
+    finally:
+        server.database.execute("UPDATE agents_transfertarget SET mode = %s", ["cold"])
+
+    assert result.errors == [], result.errors
+    assert result.end_reason == "transfer" and result.transferred_to == DEMO_TARGET_NUMBER
+    whisper = [line for line in lines if "  whisper to " in line]
+    assert whisper and "Press 1" in whisper[0], "\n".join(lines)
+    row = server.call_row(result.call_sid)
+    assert (row["end_reason"], row["transferred_to"]) == ("transferred", DEMO_TARGET_NUMBER)
+    assert "transfer_accepted" in server.event_kinds(result.call_sid)
+
+
+def test_a_bad_dial_outcome_is_refused_with_the_choices():
+    with pytest.raises(CommandError, match="busy, no-answer, failed, accept"):
+        call_command("simulate_call", "--dial-outcome", "maybe", "--no-input")
+
+
 async def test_record_call_saves_the_recording_the_server_asked_twilio_for(server, tmp_path):
     server.database.execute("UPDATE agents_agent SET record_calls = %s", [True])
     try:

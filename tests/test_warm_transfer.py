@@ -45,8 +45,8 @@ def poster(server):
 
 
 @sync_to_async
-def warm_targets() -> None:
-    TransferTarget.objects.update(mode=TransferMode.WARM)
+def targets_set(mode: str) -> None:
+    TransferTarget.objects.update(mode=mode)
 
 
 @sync_to_async
@@ -54,9 +54,9 @@ def greeting_set(text: str) -> None:
     Agent.objects.update(greeting=text)
 
 
-async def transfer_to_reception(asgi_server, rest, realtime, outcome: str):
+async def transfer_to_reception(asgi_server, rest, realtime, outcome: str, mode=TransferMode.WARM):
     await make_agent()
-    await warm_targets()
+    await targets_set(mode)
     live = await start_call(asgi_server, rest, realtime)
     # A later session would greet with this: a resumed one must not.
     await greeting_set("Hello there.")
@@ -120,9 +120,32 @@ async def test_a_transfer_not_taken_brings_the_caller_back_to_the_agent(
     asgi_server, realtime, rest, outcome, why
 ):
     live, _, run = await transfer_to_reception(asgi_server, rest, realtime, outcome)
-    assert not run.bridged
     if outcome in ("reject", "silent"):
         assert run.whisper is not None  # they answered and heard the whisper
+    await back_with_the_agent(asgi_server, realtime, live, run, why)
+
+
+@pytest.mark.parametrize(
+    ("outcome", "why"),
+    [
+        ("no-answer", "nobody answered"),
+        ("busy", "the line was busy"),
+        ("failed", "the call could not be placed"),
+    ],
+)
+async def test_a_cold_transfer_nobody_answered_brings_the_caller_back_too(
+    asgi_server, realtime, rest, outcome, why
+):
+    live, update, run = await transfer_to_reception(
+        asgi_server, rest, realtime, outcome, mode=TransferMode.COLD
+    )
+    assert ET.fromstring(update.twiml).find("./Dial/Number").get("url") is None  # no whisper
+    await back_with_the_agent(asgi_server, realtime, live, run, why)
+
+
+async def back_with_the_agent(asgi_server, realtime, live, run, why: str) -> None:
+    """The `<Dial action>` put the caller back on a new stream, and the model heard why."""
+    assert not run.bridged
     root = ET.fromstring(run.action_twiml)
     stream = root.find("./Connect/Stream")
     assert stream is not None, run.action_twiml  # a way back to the agent, not a hang-up
@@ -153,7 +176,7 @@ async def test_a_transfer_not_taken_brings_the_caller_back_to_the_agent(
     assert streams == 2
     kinds = [event.kind for event in await live.events()]
     assert "transfer_returned" in kinds and "resumed" in kinds
-    assert "transfer_accepted" not in kinds
+    assert "transfer_accepted" not in kinds and "transfer_ended" not in kinds
     await twilio.stop()
     await twilio.aclose()
     await live.twilio.aclose()

@@ -43,6 +43,7 @@ from .control import (
     call_send,
     call_transfer,
 )
+from .dial_outcomes import dial_outcome_record
 from .handover import stream_handover_record, stream_resume_twiml
 from .listening import (
     call_hand_back,
@@ -101,7 +102,6 @@ from .webhooks import (
     call_end_record,
     call_status_update,
     connect_ended_record,
-    dial_outcome_record,
 )
 
 __all__ = [

@@ -5,7 +5,7 @@ The flow (docs/twilio-rest.md#warm-transfer): `call_transfer` replaces the call'
 (`warm_whisper_twiml`) for their leg, then its Gather's answer (`warm_whisper_answer`); when
 their leg ends, the `<Dial action>` (`warm_dial_result`) says how. Unless they pressed 1 and
 were bridged, the caller goes back to the agent on a new stream and the model is told why:
-a transfer never drops the caller.
+a transfer never drops the caller (calls.services.dial_outcomes).
 """
 
 import logging
@@ -14,8 +14,8 @@ from django.db import transaction
 
 from .. import twiml
 from ..feed import call_broadcast
-from ..models import Actor, Call, CallEvent, EndReason, Speaker
-from .resume import call_resume_twiml
+from ..models import Actor, Call, EndReason, Speaker
+from .dial_outcomes import dial_not_taken_twiml, latest_transfer
 from .transcripts import call_event_record
 from .webhooks import call_end_record
 
@@ -25,17 +25,6 @@ logger = logging.getLogger(__name__)
 # speech (and the document stays well within Twilio's limits).
 WHISPER_QUOTE_MAX_CHARS = 300
 
-# Why the person did not take the call, by DialCallStatus, as the model is told it.
-NOT_TAKEN = {
-    "busy": "the line was busy",
-    "no-answer": "nobody answered",
-    "failed": "the call could not be placed",
-    "canceled": "the call was cancelled",
-    "completed": "they did not accept the call",
-    "answered": "they did not accept the call",
-}
-
-
 def _clip(text: str) -> str:
     text = " ".join(text.split())
     if len(text) <= WHISPER_QUOTE_MAX_CHARS:
@@ -43,13 +32,9 @@ def _clip(text: str) -> str:
     return text[: WHISPER_QUOTE_MAX_CHARS - 1].rstrip() + "…"
 
 
-def _latest_transfer(call: Call) -> CallEvent | None:
-    return call.events.filter(kind="transfer").order_by("-created_at", "-id").first()
-
-
 def warm_whisper_announcement(call: Call) -> str:
     """Who is calling, why they are being put through, and what they last said."""
-    transfer = _latest_transfer(call)
+    transfer = latest_transfer(call)
     data = transfer.data if transfer is not None else {}
     agent = call.agent.name if call.agent_id else "the voice agent"
     caller = call.from_number if call.direction == "inbound" else call.to_number
@@ -83,7 +68,7 @@ def warm_whisper_answer(*, call_id: str, digits: str) -> str:
                 call=call, kind="transfer_declined", actor=Actor.TWILIO, data={"digits": digits}
             )
             return twiml.hangup()
-        transfer = _latest_transfer(call)
+        transfer = latest_transfer(call)
         data = transfer.data if transfer is not None else {}
         call.transferred_to = str(data.get("number", ""))[:32]
         call.transfer_target = (
@@ -99,7 +84,7 @@ def warm_whisper_answer(*, call_id: str, digits: str) -> str:
 
 
 def _accepted_since_transfer(call: Call) -> bool:
-    transfer = _latest_transfer(call)
+    transfer = latest_transfer(call)
     accepted = call.events.filter(kind="transfer_accepted")
     if transfer is not None:
         accepted = accepted.filter(pk__gt=transfer.pk)
@@ -120,15 +105,4 @@ def warm_dial_result(*, call_id: str, dial_status: str, duration_seconds: int | 
         call_event_record(call=call, kind="transfer_ended", actor=Actor.TWILIO, data=data)
         call_end_record(call_id=call.pk, reason=EndReason.TRANSFERRED, actor=Actor.TWILIO)
         return twiml.hangup()
-    transfer = _latest_transfer(call)
-    target = str(transfer.data.get("target", "")) if transfer is not None else ""
-    why = NOT_TAKEN.get(dial_status, f"the dial ended with “{dial_status or 'no status'}”")
-    call_event_record(
-        call=call, kind="transfer_returned", actor=Actor.TWILIO, data={**data, "why": why}
-    )
-    logger.info("Call %s: warm transfer to %s not taken (%s)", call.sid, target, why)
-    note = (
-        f"The transfer to {target or 'a person'} did not go through: {why}. The caller is "
-        "back on the line with you: tell them, and offer to help or to try again later."
-    )
-    return call_resume_twiml(call=call, reason=note)
+    return dial_not_taken_twiml(call=call, dial_status=dial_status, data=data)

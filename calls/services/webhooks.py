@@ -245,23 +245,6 @@ def call_end_record(
     return call
 
 
-def dial_outcome_record(*, call_sid: str, dial_status: str, duration_seconds: int | None) -> str:
-    """Twilio reports how a transfer's <Dial> ended; the call then hangs up."""
-    call = Call.objects.filter(sid=call_sid).first()
-    if call is not None:
-        call_event_record(
-            call=call,
-            kind="transfer_ended",
-            actor=Actor.TWILIO,
-            data={"dial_status": dial_status, "duration_seconds": duration_seconds},
-        )
-        call = call_end_record(call_id=call.pk, reason=EndReason.TRANSFERRED, actor=Actor.TWILIO)
-        if call is not None:
-            # Ended already (a status callback came first): the dial's result still counts.
-            call_outcome_update(call=call)
-    return twiml.hangup()
-
-
 def connect_ended_record(*, call_sid: str) -> str:
     """Twilio ran <Connect>'s action: our stream closed and no transfer replaced the TwiML.
 

@@ -8,8 +8,11 @@ every part Twilio plays for one inbound call:
    echoed as Twilio echoes them, every server message validated);
 3. answers the server's REST requests for this call with `TwilioRestEmulator` on a fixed
    port (the server's TWILIO_API_BASE_URL): a hangup ends the call, a `<Dial>` update
-   ends the stream and counts as a transfer, a `<Connect><Stream>` update ends the stream
-   with a `stop` and moves the call to a new stream;
+   ends the stream and rings the person (`dial_outcome` chooses what they do: see
+   `calls.simulator.dial`), runs their `<Number url>` whisper and the `<Dial action>`, and
+   follows what that answers (back to the agent on a new stream, or the call is theirs);
+   a `<Connect><Stream>` update ends the stream with a `stop` and moves the call to a new
+   stream;
 4. posts the call and stream status callbacks and, when the server closes the stream, the
    `<Connect action>` request, and follows the TwiML it answers: `<Hangup>` ends the call,
    a new `<Connect><Stream>` opens a new stream for the same call (the caller's script and
@@ -47,6 +50,7 @@ from callmedia.protocol import CLOSE_START_FAILED, CLOSE_START_TIMEOUT, CLOSE_ST
 from callmedia.tasks import TaskSet
 from calls import security
 
+from .dial import DialRun, dial_outcome_normalise, dial_run
 from .rest import API_VERSION, TwilioRestEmulator, twiml_dial_numbers
 from .stream import TwilioStreamClient
 
@@ -287,8 +291,11 @@ class SimulatedCall:
         verbose: bool = False,
         log: LogCallback = print,
         ssl_context: ssl.SSLContext | None = None,
+        dial_outcome: str = "accept",
     ) -> None:
         self.server_url = server_url.rstrip("/")
+        # What the person a transfer rings does (calls.simulator.dial): accept, reject, …
+        self.dial_outcome = dial_outcome_normalise(dial_outcome)
         self.ssl_context = ssl_context  # verifies an https server (default: the system's CAs)
         self.public_url = (public_url or settings.PUBLIC_URL).rstrip("/")
         self.duration_s = duration_s
@@ -488,6 +495,57 @@ class SimulatedCall:
         if not self._ended.is_set():
             await self._open_stream(instructions)
 
+    async def _follow_dial(self, twiml: str, dialled: str) -> None:
+        """A REST update's `<Dial>`: Twilio stops the stream, rings the person, runs their
+        whisper and then the `<Dial action>`, and the caller's side follows its answer."""
+        self._stream_ended_at = asyncio.get_running_loop().time()
+        await self._leave_stream()
+        try:
+            run = await dial_run(
+                twiml,
+                post=lambda url, params: self._webhook(url, params, absolute=True),
+                call_sid=self.call_sid,
+                account_sid=self.account_sid,
+                caller_number=self.result.from_number,
+                outcome_for=lambda number: self.dial_outcome,
+            )
+        except (SimulationError, ET.ParseError) as error:
+            self._error(f"the transfer's <Dial> failed: {error}")
+            self._end("transfer", f"the transfer to {dialled} failed")
+            return
+        self._log_dial(run)
+        answer = run.action_twiml if run is not None else None
+        if answer is not None and self._connects_stream(answer) and not self._ended.is_set():
+            self.log("the <Dial action> answered <Connect><Stream>: back with the agent")
+            await self._open_stream(parse_answer(answer))
+            return
+        if run is not None and run.bridged:
+            self.result.transferred_to = dialled
+            self._end("transfer", f"transferred to {dialled} (they took the call)")
+        else:
+            status = run.dial_status if run is not None else "unknown"
+            self._end("transfer", f"the transfer to {dialled} ended {status}; the call is over")
+
+    def _log_dial(self, run: DialRun | None) -> None:
+        if run is None:
+            return
+        self.log(f"ringing {run.number}: the person's outcome is {run.outcome}")
+        if run.whisper_said:
+            self.log(f"whisper to {run.number}: {' '.join(run.whisper_said)}")
+        if run.gather_answer is not None:
+            self.log(f"they pressed {run.outcome.removeprefix('press:') or 'nothing'}")
+        bridged = "connected to the caller" if run.bridged else "not connected"
+        self.log(f"dial ended: DialCallStatus={run.dial_status}, {bridged}")
+
+    @staticmethod
+    def _dial_reports_back(twiml: str) -> bool:
+        """A `<Dial action>`: Twilio tells the server how the dial ended, and follows it."""
+        try:
+            dial = ET.fromstring(twiml).find(".//Dial")
+        except ET.ParseError:
+            return False
+        return dial is not None and bool(dial.get("action"))
+
     async def _leave_stream(self) -> None:
         """Stop the current stream (a `stop`, if it is still open) and keep what it carried."""
         stream, instructions = self.stream, self._instructions
@@ -682,7 +740,10 @@ class SimulatedCall:
             dialled = ", ".join(twiml_dial_numbers(twiml))
         except ET.ParseError:
             dialled = ""
-        if dialled:
+        if dialled and self._dial_reports_back(twiml):
+            self.log(f"REST TwiML update with <Dial> {dialled}: the stream ends, Twilio rings")
+            self._switch(self._follow_dial(twiml, dialled))
+        elif dialled:
             self.result.transferred_to = dialled
             self._end("transfer", f"transferred to {dialled} (<Dial> TwiML update)")
         elif self._connects_stream(twiml):

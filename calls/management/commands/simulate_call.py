@@ -17,12 +17,14 @@ from calls.simulator.call import (
     SimulationError,
     parse_action,
 )
+from calls.simulator.dial import dial_outcome_normalise
 from calls.simulator.placed import ANSWERS, PlacedCall
 
 EXAMPLES = """
 examples:
   manage.py simulate_call                                  the demo agent greets you; then type
   manage.py simulate_call --dtmf 0@6s                      press 0 six seconds in: a transfer
+  manage.py simulate_call --dtmf 0@6s --dial-outcome busy  the person is busy: back to the agent
   manage.py simulate_call --say "I want a person" --dtmf "#"   say it when quiet, then press #
   manage.py simulate_call --audio question.wav --record heard.wav
   manage.py simulate_call --outbound +14155550123 --answered-by machine_end_beep
@@ -42,6 +44,13 @@ def _action_type(kind: str):
             raise argparse.ArgumentTypeError(str(error)) from None
 
     return parse
+
+
+def _dial_outcome(spec: str) -> str:
+    try:
+        return dial_outcome_normalise(spec)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 class Command(BaseCommand):
@@ -85,6 +94,15 @@ class Command(BaseCommand):
                 help=f"{what} at TIME into the stream (5s, 2.5s, 800ms), or without @TIME in"
                 " turn, once the line is quiet; repeatable",
             )
+        parser.add_argument(
+            "--dial-outcome",
+            type=_dial_outcome,
+            default="accept",
+            metavar="OUTCOME",
+            help="what the person a transfer rings does: accept (press 1 at the whisper),"
+            " reject (press 2), silent (no key), press:KEYS, busy, no-answer or failed"
+            " (%(default)s)",
+        )
         parser.add_argument("--record", type=Path, help="write what the caller heard to a WAV")
         parser.add_argument(
             "--record-call",
@@ -146,6 +164,7 @@ class Command(BaseCommand):
             watch_database=not options["no_transcript"],
             verbose=options["verbosity"] >= 2,  # -v 2: every mark too
             log=self.stdout.write,
+            dial_outcome=options["dial_outcome"],
         )
         interactive = not options["no_input"] and sys.stdin.isatty()
         if not interactive and not options["actions"]:

@@ -41,7 +41,7 @@
     const calls = new Map(); // call id -> {summary, card, lines: Map(entry id -> <li>)}
     // Calls that ended, or that a snapshot was asked about: their late deltas are expected.
     const notShown = new Set();
-    let targets = {}; // agent id -> [{name, number, is_default}]
+    let targets = {}; // agent id -> [{name, number, is_default, mode}]
     let clockOffsetMs = 0; // the server's clock minus ours
     let socket = null;
     let retryMs = RETRY_MIN_MS;
@@ -362,7 +362,7 @@
         const options = targets[call.summary.agent_id] || [];
         const chosen = select.value;
         select.replaceChildren(...options.map((target) => {
-            const option = element("option", "", `${target.name} (${target.number})`);
+            const option = element("option", "", `${target.name} (${target.number}, ${target.mode})`);
             option.value = target.name;
             option.selected = chosen ? target.name === chosen : target.is_default;
             return option;
