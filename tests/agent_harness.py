@@ -352,7 +352,8 @@ async def start_call(
         rest.on_twiml = lambda sid, twiml: live.twilio.stop() if sid == call_sid else None
     await live.twilio.start()
     if realtime is not None:
-        live.model = await realtime.wait_for_session()
+        # Once configured: keys and audio sent before the bridge has its model go unheard.
+        live.model = await realtime.wait_for_session(configured=True)
     return live
 
 
