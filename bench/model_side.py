@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import binascii
 import json
 import pickle
 import random
@@ -34,6 +35,7 @@ from .common import FRAME_BYTES, KEY_BYTES, KEY_CHARS, model_key_bytes, now, pin
 
 APPEND_PREFIX = '{"type":"input_audio_buffer.append","audio":"'
 APPEND_AT = len(APPEND_PREFIX)
+FRAME_B64_CHARS = 4 * -(-FRAME_BYTES // 3)  # one frame's base64, padding included
 DELTA_HEAD = '{"type":"response.output_audio.delta"'
 SPEECH_HEAD = '{"type":"input_audio_buffer.speech_started"'
 TRANSCRIPT_WORDS = (
@@ -47,6 +49,7 @@ class Recorder:
     def __init__(self) -> None:
         self.in_keys: list[str] = []
         self.in_times: list[float] = []
+        self.append_times: list[float] = []  # one per append message (several frames each)
         self.out_keys: list[str] = []
         self.out_times: list[float] = []
         self.speech: list[tuple[int, float]] = []  # (session index, time)
@@ -126,22 +129,34 @@ class BenchSession(FakeSession):
     async def _on_message(self, raw: str | bytes) -> None:
         # The hot path, 50/s per call: stamp and count; no JSON parse of the audio.
         if type(raw) is str and raw.startswith(APPEND_PREFIX) and raw.endswith('"}'):
-            self._appended(raw[APPEND_AT : APPEND_AT + KEY_CHARS])
+            self._appended(raw[APPEND_AT:-2])
             return
         if type(raw) is str and '"input_audio_buffer.append"' in raw:
             # An append not in the compact form above (json.dumps' spaces): the slow way.
             message = json.loads(raw)
             if message.get("type") == "input_audio_buffer.append":
-                self._appended(message["audio"][:KEY_CHARS])
+                self._appended(message["audio"])
                 return
         await super()._on_message(raw)
 
-    def _appended(self, key: str) -> None:
-        REC.in_keys.append(key)
-        REC.in_times.append(now())
+    def _appended(self, audio_b64: str) -> None:
+        # One append may carry several caller frames (the server's chunking): each frame
+        # keeps its key in its first bytes, 160 bytes apart, so each is timed on its own.
+        t = now()
+        if len(audio_b64) <= FRAME_B64_CHARS:
+            keys = [audio_b64[:KEY_CHARS]]
+        else:
+            audio = binascii.a2b_base64(audio_b64)
+            keys = [
+                binascii.b2a_base64(audio[at : at + KEY_BYTES], newline=False).decode("ascii")
+                for at in range(0, len(audio), FRAME_BYTES)
+            ]
+        REC.in_keys += keys
+        REC.in_times += [t] * len(keys)
+        REC.append_times.append(t)
         self.append_count += 1
         if self.call_index < 0:
-            self.call_index = int.from_bytes(base64.b64decode(key)[:2], "big")
+            self.call_index = int.from_bytes(base64.b64decode(keys[0])[:2], "big")
 
     async def _hello(self) -> None:
         await super()._hello()
@@ -191,6 +206,7 @@ def dump(path: str) -> None:
     data = {
         "in_keys": REC.in_keys,
         "in_times": REC.in_times,
+        "append_times": REC.append_times,
         "out_keys": REC.out_keys,
         "out_times": REC.out_times,
         "speech": REC.speech,

@@ -9,9 +9,15 @@ daphne and under uvicorn. The load runs on the other core, in two processes:
 - bench.model_side: the fake Realtime server (peers/realtime/), streaming replies at
   50 deltas/s with transcripts, and a caller barge-in every ~turn-ms.
 
+Each configuration runs twice, run by run in turn: the project, then the lean Channels relay
+(bench.channels_relay, `--app channels-lean`: every frame forwarded, no features) on the same
+load; the report sets them side by side, and the CPU target is a ratio of the two
+(`--no-compare` runs the project alone; `--reference` adds the reference relay).
+
 Every audio frame carries a unique key in its first bytes, so each direction is timed frame
 by frame, in the steady-state window only (after every call is up, plus a warm-up):
-- inbound:  Twilio client sends a media frame -> fake model receives that append;
+- inbound:  Twilio client sends a media frame -> fake model receives the append carrying
+  it (with CALLER_AUDIO_CHUNK_MS above 20, several frames share one append: `--chunk-ms`);
 - outbound: fake model sends a delta -> Twilio client receives that media frame;
 - barge-in: fake model sends speech_started -> Twilio client receives clear (end to end),
   and the server's own figure (speech_started parsed -> clear queued) from its barge_in events;
@@ -46,6 +52,7 @@ from typing import Any
 from peers.ports import free_port, wait_for_port
 
 from .common import (
+    FRAME_MS,
     caller_key,
     cpu_busy_seconds,
     cpu_sample,
@@ -77,6 +84,10 @@ REFERENCE_APP = "channels"
 # Also run by --reference: the same relay with docs/performance.md's three further wins.
 LEAN_APP = "channels-lean"
 TARGET_P99_MS = 5.0
+# The CPU target: at 50 calls, at most this share of the lean Channels relay's CPU per call.
+TARGET_SHARE_OF_LEAN = 0.80
+# 100 calls on one core under uvicorn: p99 under this, both ways.
+TARGET_P99_AT_100_MS = 20.0
 
 
 # --- set-up -----------------------------------------------------------------------------------
@@ -374,6 +385,7 @@ def run_once(
             **peer_env,
             "OPENAI_REALTIME_URL": model_url,
             "TWILIO_API_BASE_URL": rest_url,
+            "CALLER_AUDIO_CHUNK_MS": str(args.chunk_ms),
         }
         with open(server_log_path, "wb") as server_log:
             process = subprocess.Popen(
@@ -500,9 +512,12 @@ def analyse(
 
     # Inbound: Twilio client sent frame k of call c -> the model received its append.
     received_in = dict(zip(model["in_keys"], model["in_times"], strict=True))
-    inbound, lost_in, late_twilio = [], 0, []
+    # Frames that share an append arrive together: the newest of them (the one that
+    # completed the chunk) times the relay itself, without the wait for the chunk to fill.
+    inbound, lost_in, late_twilio, relay_in = [], 0, [], []
     for call in calls:
         t0, index = call["t0"], call["index"]
+        newest: dict[float, float] = {}  # append's arrival -> its newest frame's latency
         for frame, sent in enumerate(call["sent_times"]):
             if not in_window(sent):
                 continue
@@ -512,6 +527,8 @@ def analyse(
                 lost_in += 1
             else:
                 inbound.append(got - sent)
+                newest[got] = got - sent
+        relay_in += newest.values()
 
     # Outbound: the model sent a delta -> the Twilio client received that media frame.
     sent_out = dict(zip(model["out_keys"], model["out_times"], strict=True))
@@ -572,8 +589,11 @@ def analyse(
         }
 
     errors = [e for call in calls for e in call["errors"]]
+    appends = sum(1 for t in model.get("append_times", []) if in_window(t))
     return {
+        "messages_per_call_s": {"appends": appends / window / n_calls},
         "inbound": distribution(inbound) | {"lost": lost_in},
+        "inbound_relay": distribution(relay_in),
         "outbound": distribution(outbound) | {"not_delivered": not_delivered},
         "barge_in": distribution(barge) | {"speech_without_clear": barge_missed},
         "frames_per_call_s": {
@@ -720,6 +740,8 @@ SUMMARY_FIELDS = {
     "server_sys_pct": ("server_sys_pct",),
     "inbound_p50_ms": ("inbound", "p50_ms"),
     "inbound_p99_ms": ("inbound", "p99_ms"),
+    "inbound_relay_p50_ms": ("inbound_relay", "p50_ms"),
+    "inbound_relay_p99_ms": ("inbound_relay", "p99_ms"),
     "outbound_p50_ms": ("outbound", "p50_ms"),
     "outbound_p99_ms": ("outbound", "p99_ms"),
     "clear_p50_ms": ("barge_in", "p50_ms"),
@@ -729,6 +751,7 @@ SUMMARY_FIELDS = {
     "generator_cpu_pct": ("generator_cpu_pct",),
     "others_cpu_pct": ("others_cpu_pct",),
     "in_frames_per_call_s": ("frames_per_call_s", "inbound"),
+    "appends_per_call_s": ("messages_per_call_s", "appends"),
     "out_frames_per_call_s": ("frames_per_call_s", "outbound"),
     "twilio_late_over_5ms": ("twilio_side_lateness", "late_over_5ms"),
     "model_late_over_5ms": ("model_side_lateness", "late_over_5ms"),
@@ -787,21 +810,79 @@ SATURATED   the server's core > 90 % busy, or the generators' (> 90 %, or > 0.1 
 
 
 def check_targets(server: str, calls: int, s: dict[str, Any]) -> list[str]:
+    """The latency targets (README, Performance), at 50 calls and, under uvicorn, 100."""
     notes = []
-    target = TARGET_CPU_PER_CALL.get(server)
-    if calls == 50 and target is not None and s["cpu_per_call_pct"] is not None:
-        verdict = "meets" if s["cpu_per_call_pct"] < target else "MISSES"
-        notes.append(
-            f"{server} @50: cpu/call {s['cpu_per_call_pct']:.3f}% {verdict} target < {target}%"
-        )
-        for name in ("inbound_p99_ms", "outbound_p99_ms", "clear_p99_ms", "server_clear_p99_ms"):
-            value = s[name]
-            if value is not None:
-                verdict = "meets" if value < TARGET_P99_MS else "MISSES"
-                notes.append(
-                    f"{server} @50: {name} {value:.2f} ms {verdict} target < {TARGET_P99_MS} ms"
-                )
+
+    def check(name: str, value: float | None, limit: float) -> None:
+        if value is not None:
+            verdict = "meets" if value < limit else "MISSES"
+            notes.append(f"{server} @{calls}: {name} {value:.2f} ms {verdict} target < {limit} ms")
+
+    if calls == 50:
+        check("outbound p99", s["outbound_p99_ms"], TARGET_P99_MS)
+        check("inbound p99", s["inbound_p99_ms"], s["chunk_ms"] + TARGET_P99_MS)
+        check("clear inside the server p99", s["server_clear_p99_ms"], TARGET_P99_MS)
+    if calls == 100 and server == "uvicorn":
+        check("outbound p99", s["outbound_p99_ms"], TARGET_P99_AT_100_MS)
+        relay_in = s["inbound_relay_p99_ms"]
+        check("inbound p99 (newest frame of each append)", relay_in, TARGET_P99_AT_100_MS)
+        check("inbound p99", s["inbound_p99_ms"], s["chunk_ms"] + TARGET_P99_AT_100_MS)
     return notes
+
+
+def versus_lean(rows: list, app: str) -> tuple[str, list[dict[str, Any]], list[str]]:
+    """The project next to the lean Channels relay, run by run on the same load: a table,
+    its figures, and the CPU target's verdicts."""
+    by_key = {(label, calls): s for label, calls, s, _ in rows}
+    header = (
+        f"{'server':<8} {'calls':>5} {'chunk':>5} {'cpu/call':>8} {'lean':>7} {'ratio':>6} "
+        f"{'in p50/p99':>12} {'in* p50/p99':>12} {'out p50/p99':>12} {'clr p50/p99':>12} "
+        f"{'srv clr p99':>11} "
+        f"{'lean in p50/p99':>15} {'lean out p50/p99':>16} {'appends/s':>9}"
+    )
+    lines, figures, notes = [header, "-" * len(header)], [], []
+    for (label, calls), s in by_key.items():
+        lean = by_key.get((f"{label}:{LEAN_APP}", calls))
+        if ":" in label or lean is None:
+            continue
+        cpu, lean_cpu = s["cpu_per_call_pct"], lean["cpu_per_call_pct"]
+        ratio = cpu / lean_cpu if cpu is not None and lean_cpu else None
+
+        def pair(x: dict[str, Any], name: str) -> str:
+            return f"{fmt(x[name + '_p50_ms'], 1)}/{fmt(x[name + '_p99_ms'], 1)}"
+
+        flags = ("  SATURATED" if s.get("saturated_runs") or lean.get("saturated_runs") else "") + (
+            "  NOISY" if s.get("noisy_runs") or lean.get("noisy_runs") else ""
+        )
+        lines.append(
+            f"{label:<8} {calls:>5} {s['chunk_ms']:>5} {fmt(cpu, 3):>8} {fmt(lean_cpu, 3):>7} "
+            f"{fmt(ratio):>6} {pair(s, 'inbound'):>12} {pair(s, 'inbound_relay'):>12} "
+            f"{pair(s, 'outbound'):>12} "
+            f"{pair(s, 'clear'):>12} {fmt(s['server_clear_p99_ms'], 3):>11} "
+            f"{pair(lean, 'inbound'):>15} {pair(lean, 'outbound'):>16} "
+            f"{fmt(s['appends_per_call_s'], 1):>9}{flags}"
+        )
+        figures.append(
+            {"server": label, "calls": calls, "chunk_ms": s["chunk_ms"], "cpu_per_call_pct": cpu}
+            | {"lean_cpu_per_call_pct": lean_cpu, "share_of_lean": ratio}
+        )
+        if calls == 50 and ratio is not None:
+            verdict = "meets" if ratio <= TARGET_SHARE_OF_LEAN else "MISSES"
+            notes.append(
+                f"{label} @50: cpu/call {ratio:.2f} x the lean Channels relay {verdict} "
+                f"target <= {TARGET_SHARE_OF_LEAN}"
+            )
+    return "\n".join(lines), figures, notes
+
+
+VERSUS_LEGEND = f"""\
+The project ({{app}}) and the lean Channels relay ({APPS[LEAN_APP]}, every frame forwarded,
+no features) on the same load, runs interleaved; medians of the runs. chunk: caller audio
+per append to the model, ms (the lean relay: 20, every frame). ratio: the project's CPU per
+call / the lean relay's. in/out/clr: ms as in the table above; in*: inbound, timed by the
+newest frame of each append (the relay's own latency, without the wait for a chunk to
+fill). appends/s: the project's
+appends to the model per call and second (the lean relay: 50)."""
 
 
 CALIBRATION_LEGEND = f"""\
@@ -870,6 +951,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "channels-lean (the same with its further wins) or minimal (a bare relay without "
         "Django or Channels, the floor)",
     )
+    parser.add_argument(
+        "--chunk-ms",
+        type=int,
+        help="the project's CALLER_AUDIO_CHUNK_MS (default: the setting's default)",
+    )
+    parser.add_argument(
+        "--no-compare",
+        action="store_true",
+        help="run the project alone, without the lean Channels relay next to it",
+    )
     parser.add_argument("--turn-ms", type=int, default=5000, help="caller barges in this often")
     parser.add_argument(
         "--caller-speech-ms", type=int, default=600, help="caller speech per turn (model silent)"
@@ -903,8 +994,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--reference",
         action="store_true",
-        help="also run the reference relay (docs/performance.md) and the lean one on the same "
-        "load, and compare",
+        help="also run the reference relay of docs/performance.md on the same load, and compare",
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory and logs")
     parser.add_argument("--json", type=Path, help="where to write the JSON (bench-output/...)")
@@ -914,6 +1004,52 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.call_counts = [int(n) for n in args.calls.split(",") if n.strip()]
     args.server_list = [s.strip() for s in args.servers.split(",") if s.strip()]
     return args
+
+
+def run_with_retries(
+    server: str,
+    calls: int,
+    run: int,
+    args: argparse.Namespace,
+    env: dict[str, str],
+    cookie: str,
+    template: Path,
+    workdir: Path,
+    app: str,
+    failures: list[str],
+) -> dict[str, Any] | None:
+    """One run, again if other processes disturbed it (up to --retries); None if it failed."""
+    result = None
+    for attempt in range(args.retries + 1):
+        wait_until_quiet(args.noise_limit, args.quiet_wait)
+        try:
+            result = run_once(server, calls, run, args, env, cookie, template, workdir, app)
+        except Exception as error:  # report it, go on with the next run
+            print(f"  ! run failed: {error}", flush=True)
+            failures.append(f"{server} {app} {calls} run {run}: {error}")
+            return None
+        result["noise"] = is_noisy(result, args)
+        result["limits"] = limits_hit(result)
+        result["attempt"] = attempt + 1
+        if not result["noise"] or attempt == args.retries:
+            break
+        print(f"  noisy ({'; '.join(result['noise'])}): running it again", flush=True)
+    assert result is not None
+    loop_share = result["server_loop_thread_pct"] / max(result["server_cpu_pct"], 1e-9)
+    print(
+        f"  cpu/call {result['cpu_per_call_pct']:.3f}%  "
+        f"(loop thread {100 * loop_share:.0f}%)  "
+        f"in p99 {fmt(result['inbound']['p99_ms'])} ms  "
+        f"out p99 {fmt(result['outbound']['p99_ms'])} ms  "
+        f"clear p99 {fmt(result['barge_in']['p99_ms'])} ms  "
+        f"appends/call/s {fmt(result['messages_per_call_s']['appends'], 1)}  "
+        f"gen cpu {result['generator_cpu_pct']:.0f}%  "
+        f"others {result['others_cpu_pct']:.1f}%",
+        flush=True,
+    )
+    for problem in run_problems(result):
+        print(f"  ! {problem}", flush=True)
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -926,68 +1062,48 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     print(f"bench: preparing the database in {workdir}", flush=True)
     env, cookie = prepare_database(template)
+    if args.chunk_ms is None:
+        from django.conf import settings
+
+        args.chunk_ms = settings.CALLER_AUDIO_CHUNK_MS
     load_before = os.getloadavg()
 
     results: list[dict[str, Any]] = []
     failures: list[str] = []
     rows = []
     notes: list[str] = []
-    references = [REFERENCE_APP, LEAN_APP] if args.reference else []
+    references = [LEAN_APP] + ([REFERENCE_APP] if args.reference else [])
+    if args.no_compare:
+        references = []
     apps = [args.app] + [app for app in references if app != args.app]
-    plan = [
-        (app, server, calls)
-        for server in args.server_list
-        for calls in args.call_counts
-        for app in apps
-    ]
     try:
-        for app, server, calls in plan:
-            label = server if app == args.app else f"{server}:{app}"
-            runs = []
-            for run in range(1, args.runs + 1):
-                print(f"bench: {label}, {calls} calls, run {run}/{args.runs} ...", flush=True)
-                for attempt in range(args.retries + 1):
-                    wait_until_quiet(args.noise_limit, args.quiet_wait)
-                    try:
-                        result = run_once(
-                            server, calls, run, args, env, cookie, template, workdir, app
+        for server in args.server_list:
+            for calls in args.call_counts:
+                # The apps take turns run by run, so that a slow patch of the machine's
+                # day falls on all of them alike.
+                runs_of: dict[str, list[dict[str, Any]]] = {app: [] for app in apps}
+                for run in range(1, args.runs + 1):
+                    for app in apps:
+                        label = server if app == args.app else f"{server}:{app}"
+                        print(f"bench: {label}, {calls} calls, run {run}/{args.runs} ...", flush=1)
+                        result = run_with_retries(
+                            server, calls, run, args, env, cookie, template, workdir, app, failures
                         )
-                    except Exception as error:  # report it, go on with the next run
-                        print(f"  ! run failed: {error}", flush=True)
-                        failures.append(f"{server} {calls} run {run}: {error}")
-                        result = None
-                        break
-                    result["noise"] = is_noisy(result, args)
-                    result["limits"] = limits_hit(result)
-                    result["attempt"] = attempt + 1
-                    if not result["noise"] or attempt == args.retries:
-                        break
-                    print(f"  noisy ({'; '.join(result['noise'])}): running it again", flush=True)
-                if result is None:
-                    continue
-                runs.append(result)
-                results.append(result)
-                loop_share = result["server_loop_thread_pct"] / max(result["server_cpu_pct"], 1e-9)
-                print(
-                    f"  cpu/call {result['cpu_per_call_pct']:.3f}%  "
-                    f"(loop thread {100 * loop_share:.0f}%)  "
-                    f"in p99 {fmt(result['inbound']['p99_ms'])} ms  "
-                    f"out p99 {fmt(result['outbound']['p99_ms'])} ms  "
-                    f"clear p99 {fmt(result['barge_in']['p99_ms'])} ms  "
-                    f"gen cpu {result['generator_cpu_pct']:.0f}%  "
-                    f"others {result['others_cpu_pct']:.1f}%",
-                    flush=True,
-                )
-                for problem in run_problems(result):
-                    print(f"  ! {problem}", flush=True)
-            if not runs:
-                continue
-            summary = summarise(runs)
-            summary["noisy_runs"] = sum(bool(r.get("noise")) for r in runs)
-            summary["saturated_runs"] = sum(bool(r.get("limits")) for r in runs)
-            rows.append((label, calls, summary, len(runs)))
-            if app == args.app:
-                notes += check_targets(server, calls, summary)
+                        if result is not None:
+                            runs_of[app].append(result)
+                            results.append(result)
+                for app in apps:
+                    runs = runs_of[app]
+                    if not runs:
+                        continue
+                    label = server if app == args.app else f"{server}:{app}"
+                    summary = summarise(runs)
+                    summary["noisy_runs"] = sum(bool(r.get("noise")) for r in runs)
+                    summary["saturated_runs"] = sum(bool(r.get("limits")) for r in runs)
+                    summary["chunk_ms"] = args.chunk_ms if app == "voicebot" else FRAME_MS
+                    rows.append((label, calls, summary, len(runs)))
+                    if app == args.app:
+                        notes += check_targets(server, calls, summary)
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -1005,6 +1121,13 @@ def main(argv: list[str] | None = None) -> int:
     if notes:
         print()
         print("\n".join(notes))
+    versus, versus_figures, versus_notes = versus_lean(rows, args.app)
+    if versus_figures:
+        print()
+        print(VERSUS_LEGEND.format(app=args.app))
+        print(versus)
+        print()
+        print("\n".join(versus_notes))
     calibration = calibrate(rows, args.app)
     if calibration:
         print()
@@ -1034,6 +1157,7 @@ def main(argv: list[str] | None = None) -> int:
             for server, calls, summary, runs in rows
         ],
         "calibration": [figures for _, figures in calibration],
+        "versus_lean": versus_figures,
         "runs": results,
         "failures": failures,
         "duration_s": round(time.time() - started, 1),

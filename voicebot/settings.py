@@ -204,6 +204,10 @@ if urlsplit(OPENAI_REALTIME_URL).scheme not in {"ws", "wss"}:
 # A Realtime session lasts at most 60 minutes: a call still going after this long moves to a
 # new model session, with the conversation replayed, at its next quiet moment.
 REALTIME_SESSION_RENEW_SECONDS = env_int("REALTIME_SESSION_RENEW_SECONDS", 55 * 60)
+# Caller audio goes to the model in appends of this many ms (whole 20 ms frames): fewer
+# messages per call, at the price of up to this much later barge-in detection
+# (README, Performance). 20 sends every frame as it comes.
+CALLER_AUDIO_CHUNK_MS = env_int("CALLER_AUDIO_CHUNK_MS", 60)
 # How long a call tries to reconnect a dropped model before the apology and the fallback.
 MODEL_RECONNECT_TIMEOUT_SECONDS = env_int("MODEL_RECONNECT_TIMEOUT_SECONDS", 5)
 # On SIGTERM/SIGINT a server process hands its calls to another process; it exits once

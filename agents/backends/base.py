@@ -142,8 +142,18 @@ class BackendClosed:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class Idle:
+    """Nothing to act on, and nothing more has arrived: what the events before it produced
+    should be written now (see `Backend.events_waiting`)."""
+
+
+IDLE = Idle()
+
+
 BackendEvent = (
-    ResponseCreated
+    Idle
+    | ResponseCreated
     | AudioDelta
     | AudioDone
     | AgentTranscriptDelta
@@ -232,6 +242,11 @@ class Backend(ABC):
         Off while a member of staff holds the call: the model keeps hearing the caller (so
         the transcript goes on) but speaks only when asked.
         """
+
+    def events_waiting(self) -> bool:
+        """Whether the next event has already arrived (the next step of `events` will not
+        wait): its caller may handle it before writing what this one produced."""
+        return False
 
     @abstractmethod
     def events(self) -> AsyncIterator[BackendEvent]:

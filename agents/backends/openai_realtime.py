@@ -27,6 +27,7 @@ from agents.tools import tools_for
 from callmedia.outbox import Outbox
 
 from .base import (
+    IDLE,
     AgentConfig,
     AgentTranscript,
     AgentTranscriptDelta,
@@ -272,6 +273,18 @@ class OpenAIRealtimeBackend(Backend):
 
     # -- server events --------------------------------------------------------------------
 
+    def events_waiting(self) -> bool:
+        # The messages `websockets` has received and not yet handed out. Model audio that
+        # arrives in a burst is then written to Twilio as one media message.
+        ws = self._ws
+        if ws is None:
+            return False
+        try:
+            frames = ws.recv_messages.frames.queue
+            return bool(frames) and frames[0].fin  # a whole message, not its first part
+        except AttributeError:  # another websockets version: never wait
+            return False
+
     async def events(self) -> AsyncIterator[BackendEvent]:
         ws = self._ws
         if ws is None:
@@ -286,6 +299,8 @@ class OpenAIRealtimeBackend(Backend):
                     continue
                 if event is not None:
                     yield event
+                elif not self.events_waiting():
+                    yield IDLE  # the events before it said more was coming: it was not
         except ConnectionClosed as error:
             reason = f"connection to the model lost ({error})"
         if not self._closing:

@@ -27,6 +27,14 @@ class LiveCallsConsumer(AsyncJsonWebsocketConsumer):
         await self.accept()
         await self._send_snapshot()
 
+    async def dispatch(self, message: dict) -> None:
+        # Channels closes stale database connections before every handler, a thread-pool
+        # hop each time; a broadcast touches no database, and there is one per call event.
+        if message["type"] == "live.event":
+            await self.live_event(message)
+        else:
+            await super().dispatch(message)
+
     async def disconnect(self, code: int) -> None:
         await self.channel_layer.group_discard(LIVE_CALLS_GROUP, self.channel_name)
 

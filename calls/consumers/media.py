@@ -11,6 +11,7 @@ from django.conf import settings
 
 from callmedia import protocol
 from callmedia.audio import FRAME_BYTES
+from callmedia.chunker import b64_join
 from callmedia.listen import ListenTap
 from callmedia.outbox import Outbox
 from callmedia.playback import PlaybackTracker
@@ -74,6 +75,9 @@ class MediaStreamConsumer(StreamingConsumer):
         self.transferring = False
         self._tracker = PlaybackTracker()
         self._outbox: Outbox[str] = Outbox(self._send_text, name="stream-writer")
+        # Model audio that arrived together, between `hold` and `flush`: one media message.
+        self._media_run: list[str] = []
+        self._holding = False
         # Audio produced before Twilio's `start` named the stream; sent once it does.
         self._before_start: list[tuple[str, str, int] | None] = []
         self._waiters: list[asyncio.Future[bool]] = []
@@ -226,6 +230,8 @@ class MediaStreamConsumer(StreamingConsumer):
         elif type(event) is protocol.Dtmf:
             self.counters["dtmf_digits"] += 1
             if self.session is not None:
+                # The audio before the key reaches the model before the key does.
+                self.session.flush_caller_audio()
                 self._tasks.spawn(self.session.dtmf(event.digit), "stream-dtmf")
         elif type(event) is protocol.Stop:
             return self.end_stream("transferred" if self.transferring else "stop")
@@ -378,7 +384,10 @@ class MediaStreamConsumer(StreamingConsumer):
         counters = self.counters
         counters["frames_out"] += 1
         counters["bytes_out"] += nbytes
-        self._outbox.post(protocol.media_message(self.stream_sid, payload_b64))
+        if self._holding:
+            self._media_run.append(payload_b64)
+        else:
+            self._outbox.post(protocol.media_message(self.stream_sid, payload_b64))
         if self.tap is not None:
             self.tap.agent_b64(payload_b64, self.now_ms)
 
@@ -388,6 +397,7 @@ class MediaStreamConsumer(StreamingConsumer):
             return
         name = self._tracker.close_segment()
         if name is not None:
+            self._post_media_run()  # the mark follows the audio it closes
             self.counters["marks_sent"] += 1
             self._outbox.post(protocol.mark_message(self.stream_sid, name))
 
@@ -397,6 +407,7 @@ class MediaStreamConsumer(StreamingConsumer):
         if self.stream_sid is None:
             return {}
         # Audio still in our outbox never reached Twilio: drop it too.
+        self._media_run.clear()
         self._outbox.clear()
         self._outbox.post(protocol.clear_message(self.stream_sid))
         self.counters["clears"] += 1
@@ -438,12 +449,24 @@ class MediaStreamConsumer(StreamingConsumer):
         self.end_segment()
 
     def hold(self) -> None:
-        """Keep what is posted from now in the outbox until `flush`: no writer wake-up."""
+        """Keep what is posted from now in the outbox until `flush`: no writer wake-up, and
+        the audio sent meanwhile leaves as one media message."""
+        self._holding = True
         self._outbox.hold()
 
     def flush(self) -> Awaitable[None]:
-        """Write the outbox in the caller's task (the session's, after each model event)."""
+        """Write the outbox in the caller's task (the session's, after model events)."""
+        self._holding = False
+        self._post_media_run()
         return self._outbox.flush()  # the Outbox's own coroutine: none more per model event
+
+    def _post_media_run(self) -> None:
+        run = self._media_run
+        if run and self.stream_sid is not None:
+            # Nearly always one payload, passed through as it came.
+            payload = run[0] if len(run) == 1 else b64_join(run)
+            run.clear()
+            self._outbox.post(protocol.media_message(self.stream_sid, payload))
 
     def _flush_before_start(self) -> None:
         pending, self._before_start = self._before_start, []

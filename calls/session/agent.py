@@ -46,6 +46,7 @@ from agents.backends.base import (
 from agents.history import AGENT, CALLER, Turn, caller_spoke_last
 from agents.tools import END_CALL, TRANSFER_TO_HUMAN
 from callmedia.audio import BYTES_PER_MS
+from callmedia.chunker import CallerAudioChunker
 from callmedia.tasks import TaskSet
 from calls import services
 from calls.models import Actor
@@ -147,6 +148,10 @@ class AgentSession:
         self._renewing = False
 
         self.held: StaffHold | None = None  # a member of staff is talking to the caller
+        # Caller frames reach the model CALLER_AUDIO_CHUNK_MS at a time: fewer messages.
+        self._caller_chunks = CallerAudioChunker(
+            self._send_caller_chunk, chunk_ms=settings.CALLER_AUDIO_CHUNK_MS
+        )
 
     # -- called by the consumer ----------------------------------------------------------
 
@@ -180,8 +185,17 @@ class AgentSession:
             self._spawn(self._watchdog(), "watchdog")
 
     def caller_audio(self, payload_b64: str) -> None:
+        if self.backend is not None and self._hearing:
+            self._caller_chunks.add(payload_b64)
+
+    def flush_caller_audio(self) -> None:
+        """Send the caller audio gathered so far now: the model must have it before what
+        comes next (a keypress, a take-over or hand-back, the end of the stream)."""
+        self._caller_chunks.flush()
+
+    def _send_caller_chunk(self, payload_b64: str) -> None:
         backend = self.backend
-        if backend is not None and self._hearing:
+        if backend is not None:
             backend.send_audio(payload_b64)
 
     def amd_result(self, answered_by: str) -> None:
@@ -193,6 +207,7 @@ class AgentSession:
         config, backend = self.config, self.backend
         if config is None or backend is None or self.phase is not Phase.ACTIVE:
             return
+        self.flush_caller_audio()  # what the caller said before the key, first
         self._touch()
         # The keys are part of what happened (the call's summary lists them).
         self.recorder.event("key_pressed", Actor.CALLER, {"digit": digit})
@@ -232,6 +247,7 @@ class AgentSession:
         """A member of staff talks to the caller: the agent stops at once and stays quiet."""
         if self.held is not None:
             return
+        self.flush_caller_audio()
         self.held = StaffHold(user)
         if not self.cut_off("agent_cut_off", Actor.STAFF):
             self.port.clear()
@@ -249,6 +265,7 @@ class AgentSession:
         hold, self.held = self.held, None
         if hold is None:
             return
+        self.flush_caller_audio()
         if self.backend is not None:
             self.backend.add_context(hand_back_context(hold, datetime.now(UTC)))
             self.backend.set_auto_respond(True)
@@ -262,6 +279,7 @@ class AgentSession:
         logger.info("Call %s: agent session stopping (%s)", self.call_sid, reason or "no reason")
         if self._dtmf_timer is not None:
             self._dtmf_timer.cancel()
+        self.flush_caller_audio()  # the caller's last words reach the model's transcript
         self._tasks.cancel()
         self._actions.cancel()
         for backend in (self.backend, self._connecting):
@@ -325,17 +343,21 @@ class AgentSession:
         port = self.port
         async for event in backend.events():
             # What this event sends to Twilio is written here, not by waking the port's
-            # writer task: one task switch fewer per audio frame.
+            # writer task: one task switch fewer per audio frame. Events that arrived
+            # together are handled before it is written: their audio leaves as one message.
             port.hold()
             try:
                 self._handle(event)
             except Exception:
                 logger.exception("Call %s: error handling %r", self.call_sid, event)
+            if backend.events_waiting():
+                continue
             await port.flush()
             if self.phase is Phase.FAILING:
                 return None
             if self._model_lost is not None:
                 return self._model_lost
+        await port.flush()  # the stream ended while more seemed to be coming: nothing waits
         return "the model connection ended" if self.backend is backend else None
 
     async def _connect(self) -> Backend:

@@ -29,6 +29,7 @@ class FakeRealtimeServer:
         interrupt_response: bool = True,
         auto_reply_every_ms: int | None = None,
         session_class: type[FakeSession] = FakeSession,
+        vad: bool = False,
         port: int = 0,
     ) -> None:
         self.script: list[Reply] = list(script or [])
@@ -36,6 +37,8 @@ class FakeRealtimeServer:
         self.interrupt_response = interrupt_response
         self.auto_reply_every_ms = auto_reply_every_ms
         self.session_class = session_class
+        # Hear the caller: speech_started/stopped from the appended audio (peers.realtime.vad).
+        self.vad = vad
         self.port = port  # 0: any free port (`url` says which)
         self.sessions: list[FakeSession] = []
         self.handshakes: list[dict[str, Any]] = []  # every attempt, accepted or not

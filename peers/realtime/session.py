@@ -24,6 +24,7 @@ from .replies import MULAW_BYTES_PER_MS, Reply
 from .responses import FakeResponse, Responder
 from .sender import EventSender
 from .session_config import SESSION_MAX_S, SessionConfig, interrupt_response_update
+from .vad import EnergyVad
 
 if TYPE_CHECKING:
     from .server import FakeRealtimeServer
@@ -64,6 +65,7 @@ class FakeSession:
         self._emit = self.sender.emit
         self._reply_queue: list[Reply] = list(server.script)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._vad = EnergyVad() if server.vad else None
 
         # What the client sent, for tests to assert on.
         self.session_updates: list[dict[str, Any]] = []
@@ -181,6 +183,8 @@ class FakeSession:
                 return
             self.appended_bytes += wire.base64_decoded_size(audio)
             self.append_count += 1
+            if self._vad is not None:
+                await self._hear(audio)
             self._notify()
             return
         self.client_events.append(event)
@@ -191,6 +195,17 @@ class FakeSession:
         else:
             await handler(self, event)
         self._notify()
+
+    async def _hear(self, audio: str) -> None:
+        """Server VAD on the appended audio: the caller's turn starts and ends by itself."""
+        assert self._vad is not None
+        for change, at_ms in self._vad.feed(audio):
+            if change == "started":
+                await self.speech_started(at_ms)
+            else:
+                await self.speech_stopped(at_ms)
+                if self.creates_responses and self.active_response is None:
+                    self._start_response(self._next_reply(), origin="server")
 
     async def _reject(self, rejection: wire.Rejection, event: dict[str, Any]) -> None:
         await self.sender.error(rejection, client_event_id=event.get("event_id"))

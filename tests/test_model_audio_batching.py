@@ -1,0 +1,76 @@
+"""Model audio that arrives together leaves for Twilio together; audio that trickles in is
+written as it comes."""
+
+import base64
+import os
+
+import pytest
+from asgiref.sync import sync_to_async
+
+from agents.models import Agent, TransferTarget
+from callmedia import audio
+from calls.simulator.rest import TwilioRestEmulator
+from peers.realtime import FakeRealtimeServer, Reply
+
+from .stream_helpers import TwilioTestStream, answer_call
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+async def realtime(settings):
+    async with FakeRealtimeServer(default_reply=Reply(transcript="", audio_ms=0)) as server:
+        settings.OPENAI_REALTIME_URL = server.url
+        yield server
+
+
+@pytest.fixture
+async def stream(db, settings, realtime):
+    async with TwilioRestEmulator() as emulator:
+        settings.TWILIO_API_BASE_URL = emulator.base_url
+
+        @sync_to_async
+        def create() -> None:
+            agent = Agent.objects.create(name="Quiet", phone_number="+14155550100", greeting="")
+            TransferTarget.objects.create(
+                agent=agent, name="reception", phone_number="+14155550199", is_default=True
+            )
+
+        await create()
+        call_sid, token = await answer_call()
+        twilio = TwilioTestStream(call_sid=call_sid, token=token)
+        await twilio.open()
+        await realtime.wait_for_session()
+        yield twilio
+        await twilio.disconnect()
+
+
+async def media_until_mark(stream: TwilioTestStream) -> list[bytes]:
+    """The audio of each media message up to the reply's closing mark."""
+    payloads = []
+    while True:
+        message = await stream.receive(timeout=5)
+        if message["event"] == "mark":
+            return payloads
+        if message["event"] == "media":
+            payloads.append(base64.b64decode(message["media"]["payload"]))
+
+
+async def test_deltas_that_arrive_together_leave_as_fewer_media_messages(stream, realtime):
+    session = realtime.sessions[0]
+    sound = os.urandom(100 * audio.FRAME_BYTES)  # 2 s, every frame different
+    await session.reply(Reply(transcript="", audio=sound, pace="burst"))
+    payloads: list[bytes] = []
+    while sum(map(len, payloads)) < len(sound):
+        payloads += await media_until_mark(stream)
+    assert b"".join(payloads) == sound  # in order, every byte
+    assert len(payloads) < 100  # 100 deltas, sent as fast as the socket takes them
+
+
+async def test_deltas_that_trickle_in_leave_one_by_one(stream, realtime):
+    session = realtime.sessions[0]
+    sound = os.urandom(10 * audio.FRAME_BYTES)
+    await session.reply(Reply(transcript="", audio=sound, pace="realtime"))
+    payloads = await media_until_mark(stream)
+    assert b"".join(payloads) == sound
+    assert [len(p) for p in payloads] == [audio.FRAME_BYTES] * 10
