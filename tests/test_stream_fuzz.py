@@ -81,7 +81,9 @@ class FuzzedStream:
 
 @pytest.fixture
 async def fuzzed(asgi_server: AsgiServer, realtime, rest, caplog):
-    await make_agent(greeting="")
+    # One stream carries every example, and a valid frame waits up to a chunk period to reach
+    # the model: the call must outlast the run, not end as idle after 30 s.
+    await make_agent(greeting="", idle_timeout_seconds=600, max_call_seconds=3600)
     call_sid, stream_sid = new_call_sid(), new_stream_sid()
     token = await answer(asgi_server.http_url, call_sid)
     async with (
