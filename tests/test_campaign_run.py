@@ -39,7 +39,9 @@ def sydney(n: int) -> str:
 
 
 HUMAN = Answer("human", amd_delay_s=0.3, talk_s=1.0)
-MACHINE = Answer("machine", amd_delay_s=0.4, talk_s=8.0)
+# A machine records until the server hangs up after the voicemail: `talk_s` is only the
+# bound, kept well above the message's few seconds so a loaded machine does not cut it off.
+MACHINE = Answer("machine", amd_delay_s=0.4, talk_s=20.0)
 # 40 numbers in Los Angeles, in calling hours, with these answers; 5 of them... no: 5 more
 # on the do-not-call list; 5 in Sydney, outside calling hours.
 PLAN = [HUMAN] * 15 + [MACHINE] * 10 + [NO_ANSWER] * 6 + [BUSY] * 5 + [FAILED] * 4

@@ -5,6 +5,7 @@ authenticated by signature and stream token inside its consumer. The staff socke
 browser's: it gets the allowed-hosts origin check and session authentication.
 """
 
+import gc
 import os
 
 from django.core.asgi import get_asgi_application
@@ -61,3 +62,9 @@ websocket_routes = URLRouter(
 application = with_process_tasks(
     ProtocolTypeRouter({"http": http_application(), "websocket": websocket_routes})
 )
+
+# Everything loaded so far (Django, the apps, their modules) lives as long as the process:
+# moved out of the collector's reach, so that its full collections, which stop the event
+# loop, do not walk it again and again (docs/performance.md#the-collector).
+gc.collect()
+gc.freeze()
