@@ -231,3 +231,16 @@ async def test_with_nobody_to_transfer_to_its_menu_offers_no_person():
         assert "press 0" not in text.lower(), text
         assert "pound key to end the call" in text
     assert not any(type(e) is ToolCall for e in nobody)
+
+
+async def test_after_news_it_cannot_read_it_says_the_caller_is_back(backend):
+    # A transfer nobody took: the session adds why, then asks for an answer.
+    backend.add_context("The transfer to front_desk did not go through: the line was busy.")
+    backend.create_response()
+    back = await collect(backend, ResponseDone)
+    backend.create_response()
+    later = await collect(backend, ResponseDone)
+
+    said = [e.text for e in back + later if type(e) is AgentTranscript]
+    assert said[0] == f"I'm back with you. {backend.menu}"
+    assert not said[1].startswith("I'm back with you.")

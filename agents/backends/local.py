@@ -62,6 +62,8 @@ REPLY_OPENINGS = (
     "Thanks for talking to me.",
 )
 GOODBYE = "Thank you for calling. Goodbye!"
+# After news it cannot read (a transfer nobody took, staff handing the call back).
+BACK_WITH_YOU = "I'm back with you."
 CONNECTING = "Connecting you to a person now."
 NOBODY_TO_TRANSFER = "Sorry, there is nobody I can connect you to. " + MENU_WITHOUT_TRANSFER
 
@@ -126,6 +128,7 @@ class LocalBackend(Backend):
         self._replies = itertools.cycle(f"{opening} {self.menu}" for opening in REPLY_OPENINGS)
         self._caller_item = ""
         self._pending_key = ""
+        self._told = False  # context was added since the last answer
         self._closing = False
         # Like server VAD's create_response: off while a member of staff holds the call.
         self.auto_respond = True
@@ -185,7 +188,13 @@ class LocalBackend(Backend):
 
     def create_response(self) -> None:
         key, self._pending_key = self._pending_key, ""
-        self._queue(self._answer_key(key) if key else _Utterance(next(self._replies)))
+        told, self._told = self._told, False
+        if key:
+            self._queue(self._answer_key(key))
+        elif told:
+            self._queue(_Utterance(f"{BACK_WITH_YOU} {self.menu}"))
+        else:
+            self._queue(_Utterance(next(self._replies)))
 
     def say(self, text: str) -> None:
         self._queue(_Utterance(text))
@@ -205,8 +214,9 @@ class LocalBackend(Backend):
         logger.info("Call %s: local agent got a tool result: %s", self.call_sid, output[:200])
 
     def add_context(self, text: str) -> None:
-        # There is no model to tell; the keypad menu below is all this agent understands.
-        logger.debug("Call %s: local agent ignores context: %s", self.call_sid, text)
+        # No model reads it: the next answer says the caller is back, then the menu.
+        logger.debug("Call %s: local agent told: %s", self.call_sid, text)
+        self._told = True
 
     def keypad(self, digit: str, *, transferring: bool) -> None:
         if not transferring:
