@@ -27,8 +27,9 @@ NOT_TAKEN = {
     "completed": "they did not accept the call",
     "answered": "they did not accept the call",
 }
-# The statuses of a `<Dial>` whose person never answered.
-UNANSWERED = frozenset({"busy", "no-answer", "failed", "canceled"})
+# The statuses of a `<Dial>` whose person never answered, with the caller still there
+# (`canceled` is the caller hanging up while it rang: nobody to bring back).
+UNANSWERED = frozenset({"busy", "no-answer", "failed"})
 
 
 def latest_transfer(call: Call) -> CallEvent | None:
