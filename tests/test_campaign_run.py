@@ -168,7 +168,18 @@ async def test_a_campaign_of_50_numbers_across_two_processes(redis_url, tmp_path
         "failed": "failed",
     }
     for number, answer in ANSWERS.items():
-        assert by_number[number].outcome == expected_outcomes[answer.kind], number
+        if by_number[number].outcome != expected_outcomes[answer.kind]:
+            # What the servers said about that number's calls, to tell why.
+            sids = [call.sid for call in phones.calls.values() if call.to == number]
+            said = [
+                line
+                for log in (tmp_path / "a.log", tmp_path / "b.log")
+                for line in log.read_text(errors="replace").splitlines()
+                if any(sid in line for sid in sids)
+            ]
+            raise AssertionError(
+                f"{number} ({answer}): {by_number[number].outcome}\n" + "\n".join(said)
+            )
     assert figures["outcome_counts"]["voicemail"] == 10
     assert await voicemails_left() == 10
     assert figures["calls"] == len(phones.calls) == 51

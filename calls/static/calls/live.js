@@ -218,17 +218,27 @@
     function endCall(summary) {
         const call = calls.get(summary.id);
         forgetLater(summary.id);
-        if (!call || call.ending) return;
+        if (!call) return;
+        if (call.ending) {
+            // Twilio's status callback and our own hang-up each say the call ended, in
+            // either order: the one that knows why is kept, whichever came last.
+            if (summary.end_reason || !call.summary.end_reason) showEnded(call, summary);
+            return;
+        }
         call.ending = true;
-        call.summary = summary;
+        showEnded(call, summary);
         const {card} = call;
         card.classList.add("live-call-ended");
-        card.dataset.status = summary.status;
-        card.querySelector(".live-status").textContent = summary.ended_label;
         card.querySelector(".live-actions")?.remove();
         showSpeaking(call, "");
         updateCount();
         setTimeout(() => removeCall(summary.id), ENDED_LINGER_MS);
+    }
+
+    function showEnded(call, summary) {
+        call.summary = summary;
+        call.card.dataset.status = summary.status;
+        call.card.querySelector(".live-status").textContent = summary.ended_label;
     }
 
     function forgetLater(id) {
