@@ -72,6 +72,10 @@ class StreamHolder:
 
     async def __aexit__(self, *exc_info: object) -> None:
         self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        # A channels_redis read that is cancelled can hang on a pending future (as the
+        # media consumer knows, calls/consumers/base.py): wait a moment, then leave it.
+        done, _ = await asyncio.wait({self._task}, timeout=1)
+        if done:
+            with contextlib.suppress(asyncio.CancelledError):
+                self._task.result()
         await self.layer.group_discard(self.call.group_name, self.channel)
