@@ -8,13 +8,16 @@ against a real server instead.
 
 import asyncio
 import base64
+import contextlib
 import json
 import secrets
 import xml.etree.ElementTree as ET
+from collections.abc import AsyncIterator
 
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 
+from agents.models import Agent, TransferTarget
 from callmedia.audio import FRAME_BYTES, MULAW_SILENCE
 from calls import security, services
 from calls.simulator import wire
@@ -26,6 +29,29 @@ SILENT_FRAME_B64 = base64.b64encode(MULAW_SILENCE * FRAME_BYTES).decode()
 
 def new_stream_sid() -> str:
     return "MZ" + secrets.token_hex(16)
+
+
+@sync_to_async
+def quiet_agent_create() -> Agent:
+    """An agent that waits for the caller, so a stream carries only what a test sends; its
+    one transfer target is the default."""
+    agent = Agent.objects.create(name="Quiet", phone_number="+14155550100", greeting="")
+    TransferTarget.objects.create(
+        agent=agent, name="reception", phone_number="+14155550199", is_default=True
+    )
+    return agent
+
+
+@contextlib.asynccontextmanager
+async def quiet_stream(realtime) -> AsyncIterator["TwilioTestStream"]:
+    """A call answered by the quiet agent, its stream open once the model session is
+    configured (audio sent sooner is not the model's to hear)."""
+    call_sid, token = await answer_call()
+    twilio = TwilioTestStream(call_sid=call_sid, token=token)
+    await twilio.open()
+    await realtime.wait_for_session(configured=True)
+    yield twilio
+    await twilio.disconnect()
 
 
 @sync_to_async

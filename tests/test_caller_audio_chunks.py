@@ -5,17 +5,15 @@ import base64
 import time
 
 import pytest
-from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 
-from agents.models import Agent, TransferTarget
 from callmedia import audio
 from callmedia.chunker import CallerAudioChunker, b64_join, chunk_ms_valid
 from calls.models import Call, call_group_name
 from calls.simulator.rest import TwilioRestEmulator
 from peers.realtime import FakeRealtimeServer, Reply
 
-from .stream_helpers import TwilioTestStream, answer_call
+from .stream_helpers import TwilioTestStream, quiet_agent_create, quiet_stream
 
 # Chunks this long would hold a frame for a whole second: only a flush sends it sooner.
 LONG_CHUNK_MS = 1000
@@ -142,21 +140,9 @@ async def rest(settings):
 @pytest.fixture
 async def stream(db, settings, realtime, rest):
     settings.CALLER_AUDIO_CHUNK_MS = LONG_CHUNK_MS
-
-    @sync_to_async
-    def create() -> None:
-        agent = Agent.objects.create(name="Quiet", phone_number="+14155550100", greeting="")
-        TransferTarget.objects.create(
-            agent=agent, name="reception", phone_number="+14155550199", is_default=True
-        )
-
-    await create()
-    call_sid, token = await answer_call()
-    twilio = TwilioTestStream(call_sid=call_sid, token=token)
-    await twilio.open()
-    await realtime.wait_for_session()
-    yield twilio
-    await twilio.disconnect()
+    await quiet_agent_create()
+    async with quiet_stream(realtime) as twilio:
+        yield twilio
 
 
 def events_of(session, kind: str) -> list[int]:

@@ -5,14 +5,12 @@ import base64
 import os
 
 import pytest
-from asgiref.sync import sync_to_async
 
-from agents.models import Agent, TransferTarget
 from callmedia import audio
 from calls.simulator.rest import TwilioRestEmulator
 from peers.realtime import FakeRealtimeServer, Reply
 
-from .stream_helpers import TwilioTestStream, answer_call
+from .stream_helpers import TwilioTestStream, quiet_agent_create, quiet_stream
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -28,21 +26,9 @@ async def realtime(settings):
 async def stream(db, settings, realtime):
     async with TwilioRestEmulator() as emulator:
         settings.TWILIO_API_BASE_URL = emulator.base_url
-
-        @sync_to_async
-        def create() -> None:
-            agent = Agent.objects.create(name="Quiet", phone_number="+14155550100", greeting="")
-            TransferTarget.objects.create(
-                agent=agent, name="reception", phone_number="+14155550199", is_default=True
-            )
-
-        await create()
-        call_sid, token = await answer_call()
-        twilio = TwilioTestStream(call_sid=call_sid, token=token)
-        await twilio.open()
-        await realtime.wait_for_session()
-        yield twilio
-        await twilio.disconnect()
+        await quiet_agent_create()
+        async with quiet_stream(realtime) as twilio:
+            yield twilio
 
 
 async def media_until_mark(stream: TwilioTestStream) -> list[bytes]:

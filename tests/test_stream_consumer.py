@@ -7,7 +7,7 @@ import json
 import pytest
 from asgiref.sync import sync_to_async
 
-from agents.models import Agent, TransferTarget
+from agents.models import Agent
 from callmedia import audio, protocol
 from calls import drain, services
 from calls.consumers import MediaStreamConsumer
@@ -17,7 +17,13 @@ from calls.simulator import wire
 from calls.simulator.rest import TwilioRestEmulator
 from peers.realtime import FakeRealtimeServer, Reply
 
-from .stream_helpers import TwilioTestStream, answer_call, upgrade_signature_headers
+from .stream_helpers import (
+    TwilioTestStream,
+    answer_call,
+    quiet_agent_create,
+    quiet_stream,
+    upgrade_signature_headers,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -38,27 +44,13 @@ async def rest(settings):
 
 @pytest.fixture
 async def quiet_agent(db) -> Agent:
-    """An agent that waits for the caller, so the stream carries only what a test sends."""
-
-    @sync_to_async
-    def create() -> Agent:
-        agent = Agent.objects.create(name="Quiet", phone_number="+14155550100", greeting="")
-        TransferTarget.objects.create(
-            agent=agent, name="reception", phone_number="+14155550199", is_default=True
-        )
-        return agent
-
-    return await create()
+    return await quiet_agent_create()
 
 
 @pytest.fixture
 async def stream(quiet_agent, realtime, rest):
-    call_sid, token = await answer_call()
-    twilio = TwilioTestStream(call_sid=call_sid, token=token)
-    await twilio.open()
-    await realtime.wait_for_session(configured=True)
-    yield twilio
-    await twilio.disconnect()
+    async with quiet_stream(realtime) as twilio:
+        yield twilio
 
 
 def silent_wav(ms: int) -> bytes:
