@@ -61,24 +61,8 @@ class Outbox(Generic[T]):
     async def flush(self) -> None:
         """Send what is queued, in the caller's task."""
         self._holding = False
-        queue = self._queue
-        if not queue:
-            return
-        if len(queue) == 1 and not self._draining and not self._batch:
-            # The usual case on a hot path (one audio frame): sent here, one coroutine fewer.
-            self._draining = True
-            try:
-                await self._send(queue.popleft())
-            except Exception as error:
-                logger.debug("%s: dropping %d queued after %r", self.name, len(queue), error)
-                queue.clear()
-            finally:
-                self._draining = False
-                if self._closing:
-                    self._ready.set()
-            if not queue:
-                return
-        await self._drain()
+        if self._queue:
+            await self._drain()
 
     def start(self) -> None:
         """Start the writer task."""
