@@ -14,6 +14,7 @@ import asyncio
 import base64
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -27,7 +28,7 @@ from callmedia import audio
 
 from .. import telephony, twiml
 from ..feed import call_broadcast
-from ..models import Call, EndReason, MediaStream, StreamStatus, call_group_name
+from ..models import Call, CallEvent, EndReason, MediaStream, StreamStatus, call_group_name
 from .transcripts import call_event_record
 from .webhooks import call_end_reason_by_status, call_end_record
 
@@ -306,6 +307,7 @@ def _transfer_finish(
     reason: str,
     error: str = "",
     mode: str = TransferMode.COLD,
+    started: datetime | None = None,
 ) -> None:
     data = {
         "target": target.name,
@@ -323,11 +325,18 @@ def _transfer_finish(
         call_event_record(call=call, kind="transfer", actor=actor, user=user, data=data)
         return
     with transaction.atomic():
-        Call.objects.filter(pk=call.pk).update(
-            transfer_target=target,
-            transferred_to=str(target.phone_number),
-            end_reason=EndReason.TRANSFERRED,
-        )
+        Call.objects.select_for_update().filter(pk=call.pk).first()
+        # The dial can be over before this is written (a failed number answers at once):
+        # a caller already back with the agent is not the person's.
+        returned = CallEvent.objects.filter(
+            call_id=call.pk, kind="transfer_returned", created_at__gte=started
+        ).exists()
+        if not returned:
+            Call.objects.filter(pk=call.pk).update(
+                transfer_target=target,
+                transferred_to=str(target.phone_number),
+                end_reason=EndReason.TRANSFERRED,
+            )
         call.refresh_from_db()
         call_event_record(call=call, kind="transfer", actor=actor, user=user, data=data)
         call_broadcast(call)
@@ -359,6 +368,7 @@ async def call_transfer(
         if mode == TransferMode.WARM
         else twiml.dial(number)
     )
+    started = timezone.now()
     message = {"type": "call.transferring", "target": target.name}
     note = await _tell_stream(str(call_id), message, "transfer", actor, user)
     try:
@@ -370,5 +380,5 @@ async def call_transfer(
         except Exception as failure:  # the layer is down; the stream keeps `transferring`
             logger.warning("Call %s: could not tell the stream: %r", call.sid, failure)
         raise CallControlError(f"Transfer to {target.name} failed: {error}") from error
-    await _transfer_finish(call, target, actor, user, reason, mode=mode)
+    await _transfer_finish(call, target, actor, user, reason, mode=mode, started=started)
     return ControlOutcome(done=True, stream_note=note, target=target)
