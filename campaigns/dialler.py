@@ -38,6 +38,11 @@ from .models import Campaign, CampaignStatus, Contact, ContactState, DoNotCall, 
 
 logger = logging.getLogger(__name__)
 
+# Twilio's "completed" for our own hang-up can land before the hang-up has recorded its
+# reason (a voicemail left, say): the contact waits for it, this long at most (the process
+# hanging up may have died in between).
+HANG_UP_REASON_WAIT_S = 30
+
 # How many waiting contacts a claim looks at (those outside calling hours are passed over).
 CLAIM_SCAN_LIMIT = 500
 
@@ -103,9 +108,16 @@ def contacts_settle(*, now: datetime | None = None) -> int:
     """Settle every dialling contact whose call has ended, or whose claim went stale."""
     now = now or timezone.now()
     settled = 0
-    ended = Contact.objects.filter(
-        state=ContactState.DIALLING, call__status__in=TERMINAL_STATUSES
-    ).select_related("call", "campaign")
+    hanging_up = Q(
+        call__hangup_requested_at__isnull=False,
+        call__end_reason="",
+        call__ended_at__gt=now - timedelta(seconds=HANG_UP_REASON_WAIT_S),
+    )
+    ended = (
+        Contact.objects.filter(state=ContactState.DIALLING, call__status__in=TERMINAL_STATUSES)
+        .exclude(hanging_up)
+        .select_related("call", "campaign")
+    )
     for contact in ended:
         settled += _settle(contact, call_outcome(contact.call), now)
     # A dialler that died between its claim and Twilio's answer: give the number back.

@@ -4,11 +4,15 @@ the call's record ends, and backfilled by `analyze_calls`."""
 import io
 
 import pytest
+from asgiref.sync import sync_to_async
 from django.core.management import call_command
+from django.utils import timezone
 
+from agents.models import Agent
 from calls import services
 from calls.models import Call, CallAnalysis, CallStatus, EndReason, Outcome
 from calls.outcomes import outcome_derive
+from calls.session.recorder import Recorder
 
 from .twilio_helpers import ACCOUNT_SID, incoming_params, new_call_sid, signed_post
 
@@ -191,6 +195,41 @@ def test_the_dial_result_decides_the_transfers_outcome_even_after_the_call_ended
         Outcome.TRANSFER_UNANSWERED,
         "the person did not answer",
     )
+
+
+@pytest.mark.django_db
+def test_our_hang_up_decides_the_outcome_even_when_twilios_completed_came_first(client, call_sid):
+    # The agent hung up; Twilio's status callback for it landed before the hang-up's record.
+    Call.objects.filter(sid=call_sid).update(hangup_requested_at=timezone.now())
+    _post(client, "/twilio/voice/status", call_sid, CallStatus="completed", SequenceNumber="2")
+    call = Call.objects.get(sid=call_sid)
+    services.call_end_record(
+        call_id=str(call.pk), reason=EndReason.AGENT_ENDED, actor="agent", hung_up=True
+    )
+    call = Call.objects.get(sid=call_sid)
+    assert (call.end_reason, call.outcome) == (EndReason.AGENT_ENDED, Outcome.RESOLVED)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_voicemail_recorded_after_the_call_ended_still_decides_its_outcome(client):
+    # The session's event writes are queued: "voicemail_left" can land after Twilio's
+    # "completed" gave the call its outcome from the AMD verdict alone.
+    agent = await Agent.objects.acreate(name="Reminders", phone_number="+14155550100")
+    call = await Call.objects.acreate(
+        sid=new_call_sid(), agent=agent, direction="outbound-api", status="in-progress"
+    )
+    await sync_to_async(services.call_event_record)(
+        call=call, kind="amd_result", actor="twilio", data={"answered_by": "machine_end_beep"}
+    )
+    await sync_to_async(services.call_status_update)(call_sid=call.sid, status="completed")
+    call = await Call.objects.aget(pk=call.pk)
+    assert call.outcome_detail == "answered by machine_end_beep"
+    recorder = Recorder(call_id=str(call.pk), call_sid=call.sid)
+    recorder.start()
+    recorder.event("voicemail_left", "agent", {"chars": 40})
+    await recorder.close()
+    call = await Call.objects.aget(pk=call.pk)
+    assert (call.outcome, call.outcome_detail) == (Outcome.VOICEMAIL, "a message was left")
 
 
 @pytest.mark.django_db

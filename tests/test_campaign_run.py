@@ -94,6 +94,12 @@ def contacts(campaign: Campaign) -> dict[str, Contact]:
 
 
 @sync_to_async
+def events_of(sids: list[str]) -> list[str]:
+    events = CallEvent.objects.filter(call__sid__in=sids).select_related("call")
+    return [f"{e.created_at:%H:%M:%S.%f} {e.call.sid} {e.kind} {e.actor} {e.data}" for e in events]
+
+
+@sync_to_async
 def voicemails_left() -> int:
     return CallEvent.objects.filter(kind="voicemail_left").count()
 
@@ -177,8 +183,10 @@ async def test_a_campaign_of_50_numbers_across_two_processes(redis_url, tmp_path
                 for line in log.read_text(errors="replace").splitlines()
                 if any(sid in line for sid in sids)
             ]
+            events = await events_of(sids)
             raise AssertionError(
-                f"{number} ({answer}): {by_number[number].outcome}\n" + "\n".join(said)
+                f"{number} ({answer}): {by_number[number].outcome}\n"
+                + "\n".join(said + ["Its events:"] + events)
             )
     assert figures["outcome_counts"]["voicemail"] == 10
     assert await voicemails_left() == 10

@@ -1,15 +1,24 @@
 """Campaigns: CSV import, prompt variables, calling hours, claims, and the staff actions."""
 
-from datetime import UTC, datetime, time
+from datetime import UTC, datetime, time, timedelta
 
 import pytest
 from django.contrib.auth.models import Permission, User
 from django.urls import reverse
+from django.utils import timezone
 
 from agents.prompt import prompt_fill
+from calls.models import Call, CallStatus, EndReason
 from campaigns import dialler, services
 from campaigns.hours import within_calling_hours
-from campaigns.models import Campaign, CampaignEvent, CampaignStatus, Contact, DoNotCall
+from campaigns.models import (
+    Campaign,
+    CampaignEvent,
+    CampaignStatus,
+    Contact,
+    ContactState,
+    DoNotCall,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -106,6 +115,50 @@ def test_a_failed_placement_is_settled_and_frees_its_slot(campaign):
     assert Contact.objects.get(pk=one.contact_id).outcome == "failed"
     [third] = dialler.contacts_claim(campaign_id=campaign.pk, holder="b")
     assert third.phone_number == "+14155550102"
+
+
+def test_a_call_ended_by_our_own_hang_up_is_settled_with_the_hang_ups_reason(campaign):
+    # Twilio's "completed" for our hang-up can land before the hang-up records why it hung
+    # up (a voicemail left): the contact waits for that reason, not "answering machine".
+    _started(campaign, ["+14155550101"])
+    [claim] = dialler.contacts_claim(campaign_id=campaign.pk, holder="a")
+    now = timezone.now()
+    call = Call.objects.create(
+        sid="CA" + "1" * 32,
+        agent=campaign.agent,
+        direction="outbound-api",
+        status=CallStatus.COMPLETED,
+        answered_by="machine_end_beep",
+        hangup_requested_at=now,
+        ended_at=now,
+    )
+    dialler.contact_call_record(contact_id=claim.contact_id, call_id=call.pk)
+    assert dialler.contacts_settle(now=now) == 0
+    assert Contact.objects.get(pk=claim.contact_id).state == ContactState.DIALLING
+    Call.objects.filter(pk=call.pk).update(end_reason=EndReason.VOICEMAIL)
+    assert dialler.contacts_settle(now=now) == 1
+    assert Contact.objects.get(pk=claim.contact_id).outcome == "voicemail"
+
+
+def test_a_hang_up_that_never_recorded_its_reason_is_settled_after_a_while(campaign):
+    # The process hanging up died before it could record why: the call is settled anyway.
+    _started(campaign, ["+14155550101"])
+    [claim] = dialler.contacts_claim(campaign_id=campaign.pk, holder="a")
+    now = timezone.now()
+    call = Call.objects.create(
+        sid="CA" + "2" * 32,
+        agent=campaign.agent,
+        direction="outbound-api",
+        status=CallStatus.COMPLETED,
+        answered_by="machine_end_beep",
+        hangup_requested_at=now,
+        ended_at=now,
+    )
+    dialler.contact_call_record(contact_id=claim.contact_id, call_id=call.pk)
+    assert dialler.contacts_settle(now=now + timedelta(seconds=5)) == 0
+    later = now + timedelta(seconds=dialler.HANG_UP_REASON_WAIT_S + 1)
+    assert dialler.contacts_settle(now=later) == 1
+    assert Contact.objects.get(pk=claim.contact_id).outcome == "machine"
 
 
 def test_start_pause_resume_cancel_need_the_permission_and_are_audited(client, campaign):

@@ -60,7 +60,7 @@ from .liveness import (
     stream_process_attach,
 )
 from .outbound import call_place_outbound, e164
-from .outcomes import call_outcome_update, calls_outcome_backfill
+from .outcomes import call_outcome_refresh, call_outcome_update, calls_outcome_backfill
 from .reconcile import (
     Outcome,
     call_mark_ended,
@@ -120,6 +120,7 @@ __all__ = [
     "analyses_select",
     "analysis_enqueue",
     "analysis_run",
+    "call_outcome_refresh",
     "call_outcome_update",
     "calls_search",
     "calls_analytics",

@@ -8,7 +8,7 @@ from datetime import datetime
 
 from django.db.models import QuerySet
 
-from ..models import Call, CallEvent
+from ..models import TERMINAL_STATUSES, Call, CallEvent
 from ..outcomes import OUTCOME_EVENT_KINDS, outcome_derive
 from .analysis import analysis_enqueue
 
@@ -35,6 +35,16 @@ def call_outcome_update(*, call: Call, analyse: bool = True) -> bool:
     if first and analyse:
         analysis_enqueue(call_id=call.pk)
     return True
+
+
+def call_outcome_refresh(*, call_id: str) -> bool:
+    """An event that bears on the outcome was written: derive it again if the call has ended.
+
+    A session's events are queued, so one (the voicemail left, the limit reached) can land
+    after Twilio's status callback has ended the call and given it an outcome.
+    """
+    call = Call.objects.filter(pk=call_id, status__in=TERMINAL_STATUSES).first()
+    return call is not None and call_outcome_update(call=call)
 
 
 def calls_outcome_backfill(*, calls: QuerySet[Call], since: datetime | None = None) -> int:

@@ -230,8 +230,11 @@ def call_end_record(
             return call
         if not call.is_live:
             if hung_up and not call.end_reason:
+                # Twilio's "completed" for this hang-up came first, without a reason: the
+                # outcome it gave was provisional.
                 call.end_reason = reason
                 call.save(update_fields=["end_reason"])
+                call_outcome_update(call=call)
                 call_broadcast(call)
             return call
         call.status = CallStatus.COMPLETED

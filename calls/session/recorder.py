@@ -16,6 +16,7 @@ from django.db import IntegrityError, transaction
 from callmedia.outbox import Outbox
 from calls import services
 from calls.models import Actor, Call, CallEvent, Speaker
+from calls.outcomes import OUTCOME_EVENT_KINDS
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,8 @@ def _event_record(*, call_id: str, kind: str, actor: str, data: dict[str, Any]) 
             services.call_event_record(
                 call=Call(pk=call_id), kind=kind, actor=actor, user=user, data=data
             )
+            if kind in OUTCOME_EVENT_KINDS:
+                services.call_outcome_refresh(call_id=call_id)
     except IntegrityError:
         logger.info("Call %s: not recording %s, the call was deleted", call_id, kind)
 
