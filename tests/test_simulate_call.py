@@ -387,6 +387,13 @@ def test_outbound_busy_ends_without_a_stream(server):
     assert (row["status"], row["direction"]) == ("busy", "outbound")
 
 
+def test_outbound_refuses_what_only_an_inbound_call_can_do():
+    with pytest.raises(CommandError, match="--dtmf/--say/--audio, --dial-outcome: for inbound"):
+        call_command(
+            "simulate_call", "--outbound", CALLEE, "--dtmf", "1", "--dial-outcome", "busy"
+        )
+
+
 def test_outbound_refuses_when_this_process_would_reach_another_twilio(settings):
     settings.TWILIO_API_BASE_URL = ""  # Twilio itself
     with pytest.raises(CommandError, match="TWILIO_API_BASE_URL is Twilio itself"):

@@ -97,11 +97,10 @@ class Command(BaseCommand):
         parser.add_argument(
             "--dial-outcome",
             type=_dial_outcome,
-            default="accept",
             metavar="OUTCOME",
             help="what the person a transfer rings does: accept (press 1 at the whisper),"
             " reject (press 2), silent (no key), press:KEYS, busy, no-answer or failed"
-            " (%(default)s)",
+            " (accept)",
         )
         parser.add_argument("--record", type=Path, help="write what the caller heard to a WAV")
         parser.add_argument(
@@ -164,7 +163,7 @@ class Command(BaseCommand):
             watch_database=not options["no_transcript"],
             verbose=options["verbosity"] >= 2,  # -v 2: every mark too
             log=self.stdout.write,
-            dial_outcome=options["dial_outcome"],
+            dial_outcome=options["dial_outcome"] or "accept",
         )
         interactive = not options["no_input"] and sys.stdin.isatty()
         if not interactive and not options["actions"]:
@@ -181,6 +180,7 @@ class Command(BaseCommand):
                 ("--dtmf/--say/--audio", options["actions"]),
                 ("--record", options["record"]),
                 ("--record-call", options["record_call"]),
+                ("--dial-outcome", options["dial_outcome"]),
             )
             if given
         ]
