@@ -12,6 +12,7 @@ or at DRAIN_DEADLINE_SECONDS, whatever is left.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from typing import Protocol
 
@@ -53,6 +54,19 @@ def register(stream: Drainable) -> None:
 
 def unregister(stream: Drainable) -> None:
     _state.live.discard(stream)
+
+
+def drain_start(*, deadline_s: float) -> asyncio.Task[int]:
+    """Start `drain_process` in a task with a context of its own.
+
+    The drain is started from a signal handler, which runs in whatever context the signal
+    interrupted (Twisted's callFromThread copies it). That may be a task in the middle of a
+    `database_sync_to_async` call, whose context marks the single database thread as taken:
+    every database call of the drain would then fail ("would deadlock") and the calls drop.
+    An empty context inherits nothing.
+    """
+    loop = asyncio.get_running_loop()
+    return loop.create_task(drain_process(deadline_s=deadline_s), context=contextvars.Context())
 
 
 async def drain_process(*, deadline_s: float) -> int:

@@ -176,6 +176,12 @@ async def test_a_transfer_nobody_takes_brings_the_caller_back_to_the_agent(serve
     assert result.transferred_to is None
     assert len(result.streams) == 2 and len(result.stream_gaps_s) == 1, lines
     assert any("back with the agent" in line for line in lines), lines
+    # The summary counts both streams, not just the one the call ended on.
+    summary = {line.split()[0]: line for line in result.summary_lines()[1:]}
+    assert "(2 streams: " in summary["Duration"], summary
+    assert result.streams[0]["marks_echoed"] > 0 and result.streams[1]["marks_echoed"] > 0
+    marks = sum(stream["marks_echoed"] for stream in result.streams)
+    assert f" {marks} echoed" in summary["Marks"], summary
     if mode == "warm":
         assert any("  whisper to " in line for line in lines), lines
     row = server.call_row(result.call_sid)

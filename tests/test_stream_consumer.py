@@ -2,10 +2,11 @@
 
 import asyncio
 import base64
+import contextvars
 import json
 
 import pytest
-from asgiref.sync import sync_to_async
+from asgiref.sync import SyncToAsync, sync_to_async
 
 from agents.models import Agent
 from callmedia import audio, protocol
@@ -492,6 +493,19 @@ async def test_actions_on_a_finished_call_are_refused(stream):
 def draining():
     yield
     drain.reset()
+
+
+async def test_a_drain_started_by_a_signal_mid_database_call_still_hands_over(stream, draining):
+    # The signal handler that starts the drain runs in the context it interrupted: here a
+    # task in the middle of a database call, whose context says the database thread is
+    # taken. The drain must not inherit that, or its own database calls fail.
+    interrupted = contextvars.copy_context()
+    interrupted.run(SyncToAsync.deadlock_context.set, True)
+    drained = interrupted.run(drain.drain_start, deadline_s=10)
+    async with asyncio.timeout(HANDOVER_QUIET_WAIT_S + 2):
+        assert await drained == 0
+        assert await stream.closed() == 1000
+    assert "stream_handover" in await event_kinds(stream)
 
 
 async def test_a_draining_stream_hands_over_once_its_audio_has_played(stream, draining):

@@ -14,7 +14,6 @@ Under another ASGI server (uvicorn) there is no reactor and nothing is registere
 shutdown there drops live calls (see the README, "Deploys").
 """
 
-import asyncio
 import logging
 import sys
 
@@ -39,8 +38,7 @@ def _drain():
     from twisted.internet import defer
 
     _stop_listening()
-    coroutine = drain.drain_process(deadline_s=settings.DRAIN_DEADLINE_SECONDS)
-    return defer.Deferred.fromFuture(asyncio.ensure_future(coroutine))
+    return defer.Deferred.fromFuture(drain.drain_start(deadline_s=settings.DRAIN_DEADLINE_SECONDS))
 
 
 def _stop_listening() -> None:

@@ -235,25 +235,35 @@ class CallResult:
     def heard_s(self) -> float:
         return duration_ms(self.heard_ulaw) / 1000
 
+    def _total(self, key: str) -> int:
+        """`key` summed over every stream the call had (a transfer that came back, a
+        resumed call: each has its own)."""
+        streams = self.streams or [self.stream]
+        return sum(stream.get(key, 0) for stream in streams)
+
     def summary_lines(self) -> list[str]:
-        stream = self.stream
-        stream_s = stream.get("duration_ms", 0) / 1000
+        lengths = [stream.get("duration_ms", 0) / 1000 for stream in self.streams or [self.stream]]
+        streamed = (
+            f"stream {lengths[0]:.1f} s"
+            if len(lengths) == 1
+            else f"{len(lengths)} streams: " + " + ".join(f"{s:.1f} s" for s in lengths)
+        )
         recorded = f" (recorded to {self.recording})" if self.recording else ""
         marks = (
-            f"{stream.get('marks_sent_by_server', 0)} from the server, "
-            f"{stream.get('marks_echoed', 0)} echoed ({self.marks_after_clear} after a clear)"
+            f"{self._total('marks_sent_by_server')} from the server, "
+            f"{self._total('marks_echoed')} echoed ({self.marks_after_clear} after a clear)"
         )
         rows = [
             ("Call", f"{self.call_sid}  {self.from_number} → {self.to_number}"),
-            ("Duration", f"{self.duration_s:.1f} s (stream {stream_s:.1f} s)"),
+            ("Duration", f"{self.duration_s:.1f} s ({streamed})"),
             (
                 "Frames",
-                f"{stream.get('frames_sent', 0)} caller frames sent, "
-                f"{stream.get('frames_received', 0)} agent media messages received",
+                f"{self._total('frames_sent')} caller frames sent, "
+                f"{self._total('frames_received')} agent media messages received",
             ),
             ("Heard", f"{self.heard_s:.1f} s of agent audio{recorded}"),
             ("Marks", marks),
-            ("Clears", str(stream.get("clears", 0))),
+            ("Clears", str(self._total("clears"))),
             ("DTMF", " ".join(self.dtmf_sent) or "none"),
             ("REST", "; ".join(self.rest_requests) or "none"),
             ("End", f"{self.end_reason}: {self.end_detail}"),
