@@ -38,11 +38,6 @@ from .models import Campaign, CampaignStatus, Contact, ContactState, DoNotCall, 
 
 logger = logging.getLogger(__name__)
 
-# Twilio's "completed" for our own hang-up can land before the hang-up has recorded its
-# reason (a voicemail left, say): the contact waits for it, this long at most (the process
-# hanging up may have died in between).
-HANG_UP_REASON_WAIT_S = 30
-
 # How many waiting contacts a claim looks at (those outside calling hours are passed over).
 CLAIM_SCAN_LIMIT = 500
 
@@ -108,10 +103,12 @@ def contacts_settle(*, now: datetime | None = None) -> int:
     """Settle every dialling contact whose call has ended, or whose claim went stale."""
     now = now or timezone.now()
     settled = 0
+    # Twilio's "completed" for our own hang-up can land before the hang-up has recorded its
+    # reason (a voicemail left, say): the contact waits for it (see call_end_record).
     hanging_up = Q(
-        call__hangup_requested_at__isnull=False,
+        call__hangup_requested_at__gt=now
+        - timedelta(seconds=call_services.HANG_UP_RECORD_WAIT_S),
         call__end_reason="",
-        call__ended_at__gt=now - timedelta(seconds=HANG_UP_REASON_WAIT_S),
     )
     ended = (
         Contact.objects.filter(state=ContactState.DIALLING, call__status__in=TERMINAL_STATUSES)

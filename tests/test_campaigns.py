@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from agents.prompt import prompt_fill
 from calls.models import Call, CallStatus, EndReason
+from calls.services import HANG_UP_RECORD_WAIT_S
 from campaigns import dialler, services
 from campaigns.hours import within_calling_hours
 from campaigns.models import (
@@ -156,7 +157,7 @@ def test_a_hang_up_that_never_recorded_its_reason_is_settled_after_a_while(campa
     )
     dialler.contact_call_record(contact_id=claim.contact_id, call_id=call.pk)
     assert dialler.contacts_settle(now=now + timedelta(seconds=5)) == 0
-    later = now + timedelta(seconds=dialler.HANG_UP_REASON_WAIT_S + 1)
+    later = now + timedelta(seconds=HANG_UP_RECORD_WAIT_S + 1)
     assert dialler.contacts_settle(now=later) == 1
     assert Contact.objects.get(pk=claim.contact_id).outcome == "machine"
 

@@ -116,6 +116,23 @@ async def test_a_call_twilio_ended_takes_twilios_status_and_duration(rest):
     )
 
 
+async def test_a_hang_up_in_flight_keeps_its_reason_when_the_reconciler_gets_there_first(rest):
+    # Staff hang up; Twilio has done it, and the reconciler reads "completed" before the
+    # hang-up records why: the reason is the hang-up's, not "server lost".
+    call = await sync_to_async(ghost)(stream="legacy")
+    await Call.objects.filter(pk=call.pk).aupdate(hangup_requested_at=timezone.now())
+    rest.register_call(call.sid, "in-progress", account_sid=ACCOUNT_SID)
+    rest.set_status(call.sid, "completed", duration=20)
+    assert await reconcile() == {"ended": 1}
+    call = await Call.objects.aget(pk=call.pk)
+    assert (call.status, call.end_reason) == ("completed", "")
+    await sync_to_async(services.call_end_record)(
+        call_id=str(call.pk), reason="staff_hangup", actor="staff", hung_up=True
+    )
+    call = await Call.objects.aget(pk=call.pk)
+    assert (call.end_reason, call.outcome) == ("staff_hangup", "staff_ended")
+
+
 async def test_a_live_call_on_a_living_process_is_left_alone(rest):
     call = await sync_to_async(ghost)(stream="live")
     rest.register_call(call.sid, "in-progress", account_sid=ACCOUNT_SID)

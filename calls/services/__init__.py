@@ -97,6 +97,7 @@ from .transcripts import (
 )
 from .warm import warm_dial_result, warm_whisper_answer, warm_whisper_twiml
 from .webhooks import (
+    HANG_UP_RECORD_WAIT_S,
     call_answer,
     call_end_reason_by_status,
     call_end_record,
@@ -105,6 +106,7 @@ from .webhooks import (
 )
 
 __all__ = [
+    "HANG_UP_RECORD_WAIT_S",
     "PurgeResult",
     "call_recording_start",
     "recording_status_record",

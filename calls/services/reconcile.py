@@ -48,7 +48,7 @@ from .liveness import processes_prune
 from .outcomes import call_outcome_update
 from .resume import call_resume
 from .transcripts import call_event_record
-from .webhooks import call_status_update
+from .webhooks import call_status_update, hang_up_in_flight
 
 logger = logging.getLogger(__name__)
 
@@ -234,7 +234,8 @@ def call_reconciled_end(
                 call.duration_seconds = twilio_call.duration_seconds
         call.status = status
         call.ended_at = call.ended_at or (twilio_call and twilio_call.end_time) or now
-        call.end_reason = call.end_reason or reason
+        if not hang_up_in_flight(call, now):  # else Twilio's "completed" may be that hang-up
+            call.end_reason = call.end_reason or reason
         call.save()
         # Every stream of an ended call is over, whoever held it.
         MediaStream.objects.filter(call=call, status=StreamStatus.STARTED).update(

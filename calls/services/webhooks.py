@@ -2,7 +2,7 @@
 its <Connect> or <Dial> ended."""
 
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -27,6 +27,21 @@ from .outcomes import call_outcome_update
 from .transcripts import call_event_record
 
 logger = logging.getLogger(__name__)
+
+# Our REST hang-up records its reason once Twilio has done it. Until then, whatever else
+# sees the call end (Twilio's status callback, the stream's stop, the reconciler) leaves the
+# reason to it: for this long at most, as the process hanging up may die in between.
+HANG_UP_RECORD_WAIT_S = 30
+
+
+def hang_up_in_flight(call: Call, now: datetime) -> bool:
+    """Our hang-up of `call` is with Twilio and has not yet recorded why it hung up."""
+    return (
+        not call.end_reason
+        and call.hangup_requested_at is not None
+        and now - call.hangup_requested_at < timedelta(seconds=HANG_UP_RECORD_WAIT_S)
+    )
+
 
 _END_REASON_BY_STATUS = {
     CallStatus.COMPLETED: EndReason.CALLER_HANGUP,
@@ -193,7 +208,7 @@ def call_status_update(
                 reason = _end_reason(call, status)  # also closes streams a dead process held
                 # While our hang-up is with Twilio, its "completed" is that hang-up: the
                 # reason is the hang-up's to write, once it has taken effect (or failed).
-                if call.hangup_requested_at is None:
+                if not hang_up_in_flight(call, at):
                     call.end_reason = call.end_reason or reason
         if duration_seconds is not None and call.duration_seconds is None:
             call.duration_seconds = duration_seconds
@@ -239,7 +254,7 @@ def call_end_record(
             return call
         call.status = CallStatus.COMPLETED
         call.ended_at = timezone.now()
-        if hung_up or call.hangup_requested_at is None:
+        if hung_up or not hang_up_in_flight(call, call.ended_at):
             call.end_reason = call.end_reason or reason
         call.save(update_fields=["status", "ended_at", "end_reason"])
         call_event_record(call=call, kind="ended", actor=actor, data={"reason": call.end_reason})
