@@ -203,6 +203,7 @@ def test_our_hang_up_decides_the_outcome_even_when_twilios_completed_came_first(
     Call.objects.filter(sid=call_sid).update(hangup_requested_at=timezone.now())
     _post(client, "/twilio/voice/status", call_sid, CallStatus="completed", SequenceNumber="2")
     call = Call.objects.get(sid=call_sid)
+    assert (call.status, call.outcome) == ("completed", "")  # not "caller hung up" meanwhile
     services.call_end_record(
         call_id=str(call.pk), reason=EndReason.AGENT_ENDED, actor="agent", hung_up=True
     )

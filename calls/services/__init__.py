@@ -45,6 +45,7 @@ from .control import (
 )
 from .dial_outcomes import dial_outcome_record
 from .handover import stream_handover_record, stream_resume_twiml
+from .hang_ups import HANG_UP_RECORD_WAIT_S
 from .listening import (
     call_hand_back,
     call_take_over,
@@ -97,7 +98,6 @@ from .transcripts import (
 )
 from .warm import warm_dial_result, warm_whisper_answer, warm_whisper_twiml
 from .webhooks import (
-    HANG_UP_RECORD_WAIT_S,
     call_answer,
     call_end_reason_by_status,
     call_end_record,

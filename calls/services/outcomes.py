@@ -7,15 +7,23 @@ action>, the reconciler); the derivation itself is `calls.outcomes.outcome_deriv
 from datetime import datetime
 
 from django.db.models import QuerySet
+from django.utils import timezone
 
 from ..models import TERMINAL_STATUSES, Call, CallEvent
 from ..outcomes import OUTCOME_EVENT_KINDS, outcome_derive
 from .analysis import analysis_enqueue
+from .hang_ups import hang_up_in_flight
 
 
 def call_outcome_update(*, call: Call, analyse: bool = True) -> bool:
     """Derive `call`'s outcome from its record and store it if it changed; queue its
-    analysis the first time it gets one. Returns whether it changed."""
+    analysis the first time it gets one. Returns whether it changed.
+
+    Not while our hang-up is in flight: its reason decides the outcome, and it derives it
+    once recorded (call_end_record).
+    """
+    if hang_up_in_flight(call, timezone.now()):
+        return False
     events = CallEvent.objects.filter(call_id=call.pk, kind__in=OUTCOME_EVENT_KINDS).order_by(
         "created_at", "id"
     )

@@ -44,11 +44,12 @@ from ..models import (
     StreamStatus,
 )
 from .control import CallControlError, call_hangup
+from .hang_ups import hang_up_in_flight
 from .liveness import processes_prune
 from .outcomes import call_outcome_update
 from .resume import call_resume
 from .transcripts import call_event_record
-from .webhooks import call_status_update, hang_up_in_flight
+from .webhooks import call_status_update
 
 logger = logging.getLogger(__name__)
 

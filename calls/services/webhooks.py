@@ -2,7 +2,7 @@
 its <Connect> or <Dial> ended."""
 
 import logging
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -23,25 +23,11 @@ from ..models import (
     StreamStatus,
 )
 from .handover import stream_resume_twiml
+from .hang_ups import hang_up_in_flight
 from .outcomes import call_outcome_update
 from .transcripts import call_event_record
 
 logger = logging.getLogger(__name__)
-
-# Our REST hang-up records its reason once Twilio has done it. Until then, whatever else
-# sees the call end (Twilio's status callback, the stream's stop, the reconciler) leaves the
-# reason to it: for this long at most, as the process hanging up may die in between.
-HANG_UP_RECORD_WAIT_S = 30
-
-
-def hang_up_in_flight(call: Call, now: datetime) -> bool:
-    """Our hang-up of `call` is with Twilio and has not yet recorded why it hung up."""
-    return (
-        not call.end_reason
-        and call.hangup_requested_at is not None
-        and now - call.hangup_requested_at < timedelta(seconds=HANG_UP_RECORD_WAIT_S)
-    )
-
 
 _END_REASON_BY_STATUS = {
     CallStatus.COMPLETED: EndReason.CALLER_HANGUP,
