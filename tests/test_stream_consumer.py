@@ -460,6 +460,27 @@ async def test_transfer_dials_the_target_and_the_following_stop_is_not_a_hangup(
     assert "transfer" in await event_kinds(stream)
 
 
+async def test_a_transfer_whose_dial_ends_before_twilio_answers_is_logged_in_order(stream, rest):
+    # A busy number: Twilio runs the <Dial action> before its answer to our update arrives.
+    # The log still shows the transfer before the caller's return, and the call's outcome
+    # is not "transferred".
+    call = await call_of(stream)
+
+    async def dial_busy(sid: str, twiml: str) -> None:
+        await sync_to_async(services.dial_outcome_record)(
+            call_sid=sid, dial_status="busy", duration_seconds=0
+        )
+
+    rest.on_twiml = dial_busy
+    rest.answer_delay_s = 0.3
+    await services.call_transfer(call_id=str(call.id), actor="staff")
+    kinds = await event_kinds(stream)
+    assert kinds.index("transfer") < kinds.index("transfer_returned"), kinds
+    await sync_to_async(services.call_status_update)(call_sid=call.sid, status="completed")
+    call = await call_of(stream)
+    assert (call.end_reason, call.outcome) == ("caller_hangup", "caller_hung_up")
+
+
 async def test_a_failed_transfer_is_reported_and_the_call_carries_on(stream, rest):
     rest.fail_next("POST", status=400, code=21220, message="Call is not in-progress")
     call = await call_of(stream)

@@ -338,7 +338,8 @@ def _transfer_finish(
                 end_reason=EndReason.TRANSFERRED,
             )
         call.refresh_from_db()
-        call_event_record(call=call, kind="transfer", actor=actor, user=user, data=data)
+        # Dated when it was asked of Twilio: before the return, if the dial came back first.
+        call_event_record(call=call, kind="transfer", actor=actor, user=user, data=data, at=started)
         call_broadcast(call)
 
 

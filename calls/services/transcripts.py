@@ -1,5 +1,6 @@
 """What is written about a call as it goes: its transcript, and its log of events."""
 
+from datetime import datetime
 from typing import Any
 
 from agents.history import AGENT, CALLER, Turn
@@ -15,10 +16,16 @@ def call_event_record(
     actor: str,
     user: Any = None,
     data: dict[str, Any] | None = None,
+    at: datetime | None = None,
 ) -> CallEvent:
+    """Log `kind` on the call, now or, with `at`, when it happened (the log is in time order,
+    and some things are written only after what they set off)."""
     event = CallEvent.objects.create(
         call=call, kind=kind, actor=actor, user=user if user and user.pk else None, data=data or {}
     )
+    if at is not None:
+        CallEvent.objects.filter(pk=event.pk).update(created_at=at)
+        event.created_at = at
     event_broadcast(event)
     return event
 

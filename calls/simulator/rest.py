@@ -231,6 +231,9 @@ class TwilioRestEmulator:
         self.on_request = on_request
         # Seconds before each answer, as a slow Twilio takes (tests of timeouts and races).
         self.response_delay_s = 0.0
+        # Seconds between a request taking effect and its answer arriving: what it set off
+        # (a busy number's <Dial action>, a status callback) can reach the server first.
+        self.answer_delay_s = 0.0
         self.auto_register = auto_register
         self.auth_token = auth_token
         self.on_hangup = on_hangup
@@ -417,6 +420,8 @@ class TwilioRestEmulator:
             self.on_request(record)
         async with self._new_request:
             self._new_request.notify_all()
+        if self.answer_delay_s:
+            await asyncio.sleep(self.answer_delay_s)
         return response
 
     def _respond(
