@@ -118,12 +118,10 @@ def test_a_failed_placement_is_settled_and_frees_its_slot(campaign):
     assert third.phone_number == "+14155550102"
 
 
-def test_a_call_ended_by_our_own_hang_up_is_settled_with_the_hang_ups_reason(campaign):
-    # Twilio's "completed" for our hang-up can land before the hang-up records why it hung
-    # up (a voicemail left): the contact waits for that reason, not "answering machine".
+def _hung_up_on_a_machine(campaign: Campaign, now: datetime) -> int:
+    """A contact's call that ended by our hang-up, whose reason is not recorded yet."""
     _started(campaign, ["+14155550101"])
     [claim] = dialler.contacts_claim(campaign_id=campaign.pk, holder="a")
-    now = timezone.now()
     call = Call.objects.create(
         sid="CA" + "1" * 32,
         agent=campaign.agent,
@@ -134,32 +132,29 @@ def test_a_call_ended_by_our_own_hang_up_is_settled_with_the_hang_ups_reason(cam
         ended_at=now,
     )
     dialler.contact_call_record(contact_id=claim.contact_id, call_id=call.pk)
+    return claim.contact_id
+
+
+def test_a_call_ended_by_our_own_hang_up_is_settled_with_the_hang_ups_reason(campaign):
+    # Twilio's "completed" for our hang-up can land before the hang-up records why it hung
+    # up (a voicemail left): the contact waits for that reason, not "answering machine".
+    now = timezone.now()
+    contact_id = _hung_up_on_a_machine(campaign, now)
     assert dialler.contacts_settle(now=now) == 0
-    assert Contact.objects.get(pk=claim.contact_id).state == ContactState.DIALLING
-    Call.objects.filter(pk=call.pk).update(end_reason=EndReason.VOICEMAIL)
+    assert Contact.objects.get(pk=contact_id).state == ContactState.DIALLING
+    Call.objects.update(end_reason=EndReason.VOICEMAIL)
     assert dialler.contacts_settle(now=now) == 1
-    assert Contact.objects.get(pk=claim.contact_id).outcome == "voicemail"
+    assert Contact.objects.get(pk=contact_id).outcome == "voicemail"
 
 
 def test_a_hang_up_that_never_recorded_its_reason_is_settled_after_a_while(campaign):
     # The process hanging up died before it could record why: the call is settled anyway.
-    _started(campaign, ["+14155550101"])
-    [claim] = dialler.contacts_claim(campaign_id=campaign.pk, holder="a")
     now = timezone.now()
-    call = Call.objects.create(
-        sid="CA" + "2" * 32,
-        agent=campaign.agent,
-        direction="outbound-api",
-        status=CallStatus.COMPLETED,
-        answered_by="machine_end_beep",
-        hangup_requested_at=now,
-        ended_at=now,
-    )
-    dialler.contact_call_record(contact_id=claim.contact_id, call_id=call.pk)
+    contact_id = _hung_up_on_a_machine(campaign, now)
     assert dialler.contacts_settle(now=now + timedelta(seconds=5)) == 0
     later = now + timedelta(seconds=HANG_UP_RECORD_WAIT_S + 1)
     assert dialler.contacts_settle(now=later) == 1
-    assert Contact.objects.get(pk=claim.contact_id).outcome == "machine"
+    assert Contact.objects.get(pk=contact_id).outcome == "machine"
 
 
 def test_start_pause_resume_cancel_need_the_permission_and_are_audited(client, campaign):
