@@ -430,6 +430,26 @@ async def test_a_failed_hangup_leaves_its_reason_off_a_call_twilio_reports_ended
     assert (call.status, call.end_reason) == ("completed", EndReason.CALLER_HANGUP)
 
 
+async def test_a_call_that_ends_while_a_failing_hangup_is_in_flight_gets_its_outcome(
+    stream, rest
+):
+    # The caller leaves while our hang-up is with Twilio: the outcome waits for the hang-up,
+    # which then fails; the call still gets its reason and its outcome.
+    rest.response_delay_s = 0.5
+    rest.fail_next("POST", status=500, code=20500, message="Internal Server Error")
+    call = await call_of(stream)
+    hangup = asyncio.create_task(
+        services.call_hangup(call_id=str(call.id), actor="staff", reason=EndReason.STAFF_HANGUP)
+    )
+    await asyncio.sleep(0.2)
+    await sync_to_async(services.call_status_update)(call_sid=stream.call_sid, status="completed")
+    assert (await call_of(stream)).outcome == ""  # the hang-up's to decide
+    with pytest.raises(services.CallControlError, match="Hang-up failed"):
+        await hangup
+    call = await call_of(stream)
+    assert (call.end_reason, call.outcome) == (EndReason.CALLER_HANGUP, "caller_hung_up")
+
+
 async def test_a_hangup_keeps_its_reason_when_twilio_reports_the_end_first(stream, rest):
     # Twilio's "completed" callback may beat the REST response that confirms our hang-up.
     call = await call_of(stream)

@@ -29,6 +29,7 @@ from callmedia import audio
 from .. import telephony, twiml
 from ..feed import call_broadcast
 from ..models import Call, CallEvent, EndReason, MediaStream, StreamStatus, call_group_name
+from .outcomes import call_outcome_update
 from .transcripts import call_event_record
 from .webhooks import call_end_reason_by_status, call_end_record
 
@@ -189,12 +190,15 @@ def _hangup_release(call_id: str, actor: str, user: Any, error: str) -> None:
         call.hangup_requested_at = None
         # The call may have ended meanwhile (the caller left); its reason was held back
         # for this hang-up, which did not happen: give it the reason it ended with.
-        if not call.is_live and not call.end_reason:
+        ended_meanwhile = not call.is_live and not call.end_reason
+        if ended_meanwhile:
             call.end_reason = call_end_reason_by_status(call.status)
         call.save(update_fields=["hangup_requested_at", "end_reason"])
         call_event_record(
             call=call, kind="hangup_failed", actor=actor, user=user, data={"error": error}
         )
+        if ended_meanwhile:
+            call_outcome_update(call=call)  # it waited for this hang-up (hang_ups.py)
 
 
 async def call_hangup(*, call_id: str, actor: str, reason: str, user: Any = None) -> ControlOutcome:
