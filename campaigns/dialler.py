@@ -104,7 +104,7 @@ def contacts_settle(*, now: datetime | None = None) -> int:
     now = now or timezone.now()
     settled = 0
     # Twilio's "completed" for our own hang-up can land before the hang-up has recorded its
-    # reason (a voicemail left, say): the contact waits for it (see call_end_record).
+    # reason (a voicemail left, say): the contact waits for it (calls/services/hang_ups.py).
     hanging_up = Q(
         call__hangup_requested_at__gt=now
         - timedelta(seconds=call_services.HANG_UP_RECORD_WAIT_S),
