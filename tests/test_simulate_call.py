@@ -53,7 +53,7 @@ class Server:
     def event_kinds(self, call_sid: str) -> list[str]:
         rows = self.database.rows(
             "SELECT e.kind FROM calls_callevent e JOIN calls_call c ON e.call_id = c.id"
-            " WHERE c.sid = %s ORDER BY e.id",
+            " WHERE c.sid = %s ORDER BY e.created_at, e.id",  # the log's order, as shown
             [call_sid],
         )
         return [row["kind"] for row in rows]
