@@ -10,10 +10,10 @@ from channels.layers import get_channel_layer
 from callmedia import audio
 from callmedia.chunker import CallerAudioChunker, b64_join, chunk_ms_valid
 from calls.models import Call, call_group_name
-from calls.simulator.rest import TwilioRestEmulator
-from peers.realtime import FakeRealtimeServer, Reply
 
 from .stream_helpers import TwilioTestStream, quiet_agent_create, quiet_stream
+
+pytest_plugins = ["tests.agent_harness"]  # realtime, rest
 
 # Chunks this long would hold a frame for a whole second: only a flush sends it sooner.
 LONG_CHUNK_MS = 1000
@@ -122,20 +122,6 @@ def test_chunk_sizes_are_whole_frames():
 
 
 # --- through the media stream: flushed when the model must have every frame --------------
-
-@pytest.fixture
-async def realtime(settings):
-    async with FakeRealtimeServer(default_reply=Reply(transcript="", audio_ms=0)) as server:
-        settings.OPENAI_REALTIME_URL = server.url
-        yield server
-
-
-@pytest.fixture
-async def rest(settings):
-    async with TwilioRestEmulator() as emulator:
-        settings.TWILIO_API_BASE_URL = emulator.base_url
-        yield emulator
-
 
 @pytest.fixture
 async def stream(db, settings, realtime, rest):

@@ -7,28 +7,19 @@ import os
 import pytest
 
 from callmedia import audio
-from calls.simulator.rest import TwilioRestEmulator
-from peers.realtime import FakeRealtimeServer, Reply
+from peers.realtime import Reply
 
 from .stream_helpers import TwilioTestStream, quiet_agent_create, quiet_stream
 
 pytestmark = pytest.mark.django_db(transaction=True)
+pytest_plugins = ["tests.agent_harness"]  # realtime, rest
 
 
 @pytest.fixture
-async def realtime(settings):
-    async with FakeRealtimeServer(default_reply=Reply(transcript="", audio_ms=0)) as server:
-        settings.OPENAI_REALTIME_URL = server.url
-        yield server
-
-
-@pytest.fixture
-async def stream(db, settings, realtime):
-    async with TwilioRestEmulator() as emulator:
-        settings.TWILIO_API_BASE_URL = emulator.base_url
-        await quiet_agent_create()
-        async with quiet_stream(realtime) as twilio:
-            yield twilio
+async def stream(db, realtime, rest):
+    await quiet_agent_create()
+    async with quiet_stream(realtime) as twilio:
+        yield twilio
 
 
 async def media_until_mark(stream: TwilioTestStream) -> list[bytes]:

@@ -15,8 +15,6 @@ from calls.consumers import MediaStreamConsumer
 from calls.consumers.media import HANDOVER_QUIET_WAIT_S
 from calls.models import Call, CallEvent, EndReason, MediaStream, StreamStatus
 from calls.simulator import wire
-from calls.simulator.rest import TwilioRestEmulator
-from peers.realtime import FakeRealtimeServer, Reply
 
 from .stream_helpers import (
     TwilioTestStream,
@@ -27,20 +25,7 @@ from .stream_helpers import (
 )
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-async def realtime(settings):
-    async with FakeRealtimeServer(default_reply=Reply(transcript="", audio_ms=0)) as server:
-        settings.OPENAI_REALTIME_URL = server.url
-        yield server
-
-
-@pytest.fixture
-async def rest(settings):
-    async with TwilioRestEmulator() as emulator:
-        settings.TWILIO_API_BASE_URL = emulator.base_url
-        yield emulator
+pytest_plugins = ["tests.agent_harness"]  # realtime, rest
 
 
 @pytest.fixture

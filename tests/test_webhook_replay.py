@@ -9,21 +9,14 @@ from asgiref.sync import sync_to_async
 from agents.models import Agent
 from callmedia import protocol
 from calls.models import Call, CallEvent, CallStatus, MediaStream, TranscriptEntry
-from peers.realtime import FakeRealtimeServer, Reply
 
 from .stream_helpers import TwilioTestStream
 from .twilio_helpers import ACCOUNT_SID, incoming_params, new_call_sid, signed_post
 
 pytestmark = pytest.mark.django_db(transaction=True)
+pytest_plugins = ["tests.agent_harness"]  # realtime
 
 INCOMING = "/twilio/voice/incoming"
-
-
-@pytest.fixture
-async def realtime(settings):
-    async with FakeRealtimeServer(default_reply=Reply(transcript="", audio_ms=0)) as server:
-        settings.OPENAI_REALTIME_URL = server.url
-        yield server
 
 
 @pytest.fixture
