@@ -105,14 +105,9 @@ def contacts_settle(*, now: datetime | None = None) -> int:
     settled = 0
     # Twilio's "completed" for our own hang-up can land before the hang-up has recorded its
     # reason (a voicemail left, say): the contact waits for it (calls/services/hang_ups.py).
-    hanging_up = Q(
-        call__hangup_requested_at__gt=now
-        - timedelta(seconds=call_services.HANG_UP_RECORD_WAIT_S),
-        call__end_reason="",
-    )
     ended = (
         Contact.objects.filter(state=ContactState.DIALLING, call__status__in=TERMINAL_STATUSES)
-        .exclude(hanging_up)
+        .exclude(call_services.hang_ups_in_flight(now, through="call__"))
         .select_related("call", "campaign")
     )
     for contact in ended:

@@ -45,7 +45,7 @@ from .control import (
 )
 from .dial_outcomes import dial_outcome_record
 from .handover import stream_handover_record, stream_resume_twiml
-from .hang_ups import HANG_UP_RECORD_WAIT_S
+from .hang_ups import HANG_UP_RECORD_WAIT_S, hang_ups_in_flight
 from .listening import (
     call_hand_back,
     call_take_over,
@@ -107,6 +107,7 @@ from .webhooks import (
 
 __all__ = [
     "HANG_UP_RECORD_WAIT_S",
+    "hang_ups_in_flight",
     "PurgeResult",
     "call_recording_start",
     "recording_status_record",

@@ -8,6 +8,8 @@ it; for HANG_UP_RECORD_WAIT_S at most, as the process hanging up may die in betw
 
 from datetime import datetime, timedelta
 
+from django.db.models import Q
+
 from ..models import Call
 
 HANG_UP_RECORD_WAIT_S = 30
@@ -19,4 +21,14 @@ def hang_up_in_flight(call: Call, now: datetime) -> bool:
         not call.end_reason
         and call.hangup_requested_at is not None
         and now - call.hangup_requested_at < timedelta(seconds=HANG_UP_RECORD_WAIT_S)
+    )
+
+
+def hang_ups_in_flight(now: datetime, *, through: str = "") -> Q:
+    """`hang_up_in_flight` as a filter, on calls or (`through="call__"`) on what has one."""
+    return Q(
+        **{
+            f"{through}end_reason": "",
+            f"{through}hangup_requested_at__gt": now - timedelta(seconds=HANG_UP_RECORD_WAIT_S),
+        }
     )
