@@ -207,7 +207,6 @@ class AgentSession:
         config, backend = self.config, self.backend
         if config is None or backend is None or self.phase is not Phase.ACTIVE:
             return
-        self.flush_caller_audio()  # what the caller said before the key, first
         self._touch()
         # The keys are part of what happened (the call's summary lists them).
         self.recorder.event("key_pressed", Actor.CALLER, {"digit": digit})
